@@ -1,0 +1,241 @@
+"""Tucker algebra: a leaf seen as a tensor, mode products and rank resolution.
+
+A parameter of shape ``(I_1, ..., I_d)`` is seen as a tensor with one *mode* per
+group of axes (by default one mode per axis). Each projected mode ``n`` carries
+a factor ``U_n`` of shape ``(I_n, R_n)`` with orthonormal columns; the core of a
+tensor ``G`` is ``G x_1 U_1^H ... x_N U_N^H`` and the back-projection of a core
+``C`` is ``C x_1 U_1 ... x_N U_N``. Everything that decides a shape is plain
+Python here, so it runs once per trace and never inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+
+# An int: the rank of every projected mode. A float in (0, 1]: the fraction of
+# the tensor's entries that the core keeps at least. A tuple: one entry per
+# mode, an int (rank), a float (fraction of that mode) or None (not projected).
+Rank = Union[int, float, Sequence[Union[int, float, None]]]
+
+
+class TuckerSpec(NamedTuple):
+  """How one parameter is seen as a tensor, and which of its modes are projected.
+
+  Matrix GaLore is a spec: group the axes into two modes and project one of
+  them, e.g. ``TuckerSpec(modes=(0, (1, 2, 3)), num_projected=1)`` sees an
+  ``(in, out, mx, my)`` weight as an ``(in, out * mx * my)`` matrix and
+  projects its larger side, as GaLore does.
+
+  Attributes:
+    modes: Groups of axes, one group (an int or a sequence of ints) per mode,
+      together naming every axis exactly once; negative axes count from the
+      end. ``None`` makes every axis a mode of its own.
+    rank: The rank for this leaf, in any form the transformation's ``rank``
+      takes; ``None`` uses the transformation's ``rank``.
+    num_projected: Project only this many modes, the largest ones (the earlier
+      mode first among equal sizes). ``None`` projects every mode that the rank
+      selects.
+  """
+
+  modes: Sequence[Union[int, Sequence[int]]] | None = None
+  rank: Rank | None = None
+  num_projected: int | None = None
+
+
+def unfold(tensor: jax.Array, mode: int) -> jax.Array:
+  """Mode-``mode`` unfolding: an ``(I_mode, prod(other sizes))`` matrix."""
+  return jnp.moveaxis(tensor, mode, 0).reshape(tensor.shape[mode], -1)
+
+
+def mode_dot(tensor: jax.Array, matrix: jax.Array, mode: int) -> jax.Array:
+  """Contracts axis ``mode`` of ``tensor`` with the first axis of ``matrix``.
+
+  The result has ``matrix.shape[1]`` entries along ``mode``: with
+  ``matrix = U.conj()`` this is ``tensor x_mode U^H``, with ``matrix = U.T``
+  it is ``tensor x_mode U``.
+  """
+  return jnp.moveaxis(jnp.tensordot(tensor, matrix, axes=(mode, 0)), -1, mode)
+
+
+def project(tensor: jax.Array, factors: dict[int, jax.Array]) -> jax.Array:
+  """The core ``tensor x_n U_n^H`` over the projected modes (conjugate transposes)."""
+  # Contract the most compressing modes first: each product then runs on the
+  # smallest tensor available.
+  order = sorted(factors, key=lambda n: factors[n].shape[1] / factors[n].shape[0])
+  for n in order:
+    tensor = mode_dot(tensor, factors[n].conj(), n)
+  return tensor
+
+
+def back_project(core: jax.Array, factors: dict[int, jax.Array]) -> jax.Array:
+  """The full-size tensor ``core x_n U_n`` over the projected modes."""
+  # Expand the least expanding modes first, for the same reason as `project`.
+  order = sorted(factors, key=lambda n: factors[n].shape[0] / factors[n].shape[1])
+  for n in order:
+    core = mode_dot(core, factors[n].T, n)
+  return core
+
+
+@dataclasses.dataclass(frozen=True)
+class TuckerPlan:
+  """A leaf's resolved view: static shapes only, computed once per trace.
+
+  Attributes:
+    shape: The leaf's shape.
+    permutation: Axis order that makes each mode's axes adjacent.
+    mode_sizes: ``I_n`` for every mode.
+    ranks: ``R_n`` for every mode, ``None`` where the mode is not projected.
+  """
+
+  shape: tuple[int, ...]
+  permutation: tuple[int, ...]
+  mode_sizes: tuple[int, ...]
+  ranks: tuple[int | None, ...]
+
+  @property
+  def projected_modes(self) -> tuple[int, ...]:
+    return tuple(n for n, r in enumerate(self.ranks) if r is not None)
+
+  @property
+  def core_shape(self) -> tuple[int, ...]:
+    return tuple(i if r is None else r for i, r in zip(self.mode_sizes, self.ranks))
+
+  @property
+  def factor_shapes(self) -> tuple[tuple[int, int], ...]:
+    return tuple((self.mode_sizes[n], self.ranks[n]) for n in self.projected_modes)
+
+  def to_tensor(self, leaf: jax.Array) -> jax.Array:
+    """The leaf as a tensor with one axis per mode."""
+    return jnp.transpose(leaf, self.permutation).reshape(self.mode_sizes)
+
+  def from_tensor(self, tensor: jax.Array) -> jax.Array:
+    """Inverse of `to_tensor`."""
+    permuted_shape = tuple(self.shape[a] for a in self.permutation)
+    inverse = tuple(sorted(range(len(self.shape)), key=self.permutation.__getitem__))
+    return jnp.transpose(tensor.reshape(permuted_shape), inverse)
+
+
+def _normalize_modes(
+    modes: Sequence[int | Sequence[int]] | None, ndim: int, where: str
+) -> tuple[tuple[int, ...], ...]:
+  """Checks that ``modes`` partitions the axes; returns non-negative groups."""
+  if modes is None:
+    return tuple((a,) for a in range(ndim))
+  groups = []
+  for group in modes:
+    axes = (group,) if isinstance(group, int) else tuple(group)
+    if not axes:
+      raise ValueError(f"{where}: empty group of axes in modes={modes!r}.")
+    for a in axes:
+      if not isinstance(a, int) or not -ndim <= a < ndim:
+        raise ValueError(f"{where}: axis {a!r} in modes={modes!r} is out of range for ndim {ndim}.")
+    groups.append(tuple(a % ndim for a in axes))
+  flat = [a for g in groups for a in g]
+  if len(flat) != len(set(flat)):
+    raise ValueError(f"{where}: modes={modes!r} name an axis more than once.")
+  if sorted(flat) != list(range(ndim)):
+    missing = sorted(set(range(ndim)) - set(flat))
+    raise ValueError(f"{where}: modes={modes!r} leave axes {missing} out; every axis needs a mode.")
+  return tuple(groups)
+
+
+def _check_int(value, name: str, where: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{where}: {name} must be an int, got {value!r}.")
+  if value <= 0:
+    raise ValueError(f"{where}: {name} must be positive, got {value}.")
+
+
+def validate_rank(rank: Rank, where: str = "tensor_galore") -> None:
+  """Checks the form of ``rank`` (shape-independent checks only)."""
+  if isinstance(rank, bool):
+    raise TypeError(f"{where}: rank must be an int, a float or a tuple, got {rank!r}.")
+  if isinstance(rank, int):
+    _check_int(rank, "rank", where)
+  elif isinstance(rank, float):
+    if not 0.0 < rank <= 1.0:
+      raise ValueError(f"{where}: a float rank is a fraction in (0, 1], got {rank}.")
+  elif isinstance(rank, Sequence) and not isinstance(rank, str):
+    for entry in rank:
+      if entry is not None:
+        validate_rank(entry, where)
+  else:
+    raise TypeError(f"{where}: rank must be an int, a float or a tuple, got {rank!r}.")
+
+
+def _mode_rank(entry: int | float, size: int, cap: int) -> int:
+  if isinstance(entry, float):
+    # The tiny offset keeps exact products (0.5 * 64) from rounding up.
+    entry = math.ceil(size * entry - 1e-9)
+  return max(1, min(entry, cap))
+
+
+def resolve_ranks(
+    rank: Rank, mode_sizes: Sequence[int], num_projected: int | None, where: str
+) -> tuple[int | None, ...]:
+  """Per-mode ranks ``R_n`` (``None`` = not projected) for one tensor.
+
+  A mode's rank never exceeds its size nor the product of the other modes'
+  sizes (the rank of its unfolding), so a factor always spans real directions.
+  """
+  n_modes = len(mode_sizes)
+  total = math.prod(mode_sizes)
+  caps = [min(i, total // i) if i else 0 for i in mode_sizes]
+  validate_rank(rank, where)
+  if isinstance(rank, Sequence):
+    if num_projected is not None:
+      raise ValueError(f"{where}: give either a per-mode rank tuple or num_projected, not both.")
+    if len(rank) != n_modes:
+      raise ValueError(
+          f"{where}: rank={tuple(rank)!r} has {len(rank)} entries but the tensor has "
+          f"{n_modes} modes of sizes {tuple(mode_sizes)}."
+      )
+    return tuple(
+        None if r is None else _mode_rank(r, i, c) for r, i, c in zip(rank, mode_sizes, caps)
+    )
+  if num_projected is None:
+    chosen = set(range(n_modes))
+  else:
+    _check_int(num_projected, "num_projected", where)
+    if num_projected > n_modes:
+      raise ValueError(
+          f"{where}: num_projected={num_projected} exceeds the {n_modes} modes of sizes "
+          f"{tuple(mode_sizes)}."
+      )
+    by_size = sorted(range(n_modes), key=lambda n: (-mode_sizes[n], n))
+    chosen = set(by_size[:num_projected])
+  if isinstance(rank, float):
+    # Each of the N projected modes keeps rank**(1/N) of its size, so the core
+    # keeps at least `rank` of the entries.
+    per_mode = rank ** (1.0 / len(chosen))
+    return tuple(
+        _mode_rank(per_mode, i, c) if n in chosen else None
+        for n, (i, c) in enumerate(zip(mode_sizes, caps))
+    )
+  return tuple(
+      _mode_rank(rank, i, c) if n in chosen else None
+      for n, (i, c) in enumerate(zip(mode_sizes, caps))
+  )
+
+
+def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where: str) -> TuckerPlan:
+  """Resolves ``spec`` for a leaf of ``shape`` into a `TuckerPlan`."""
+  shape = tuple(int(s) for s in shape)
+  if not shape:
+    raise ValueError(f"{where}: a scalar leaf has no modes to project.")
+  groups = _normalize_modes(spec.modes, len(shape), where)
+  mode_sizes = tuple(math.prod(shape[a] for a in g) for g in groups)
+  rank = default_rank if spec.rank is None else spec.rank
+  ranks = resolve_ranks(rank, mode_sizes, spec.num_projected, where)
+  return TuckerPlan(
+      shape=shape,
+      permutation=tuple(a for g in groups for a in g),
+      mode_sizes=mode_sizes,
+      ranks=ranks,
+  )
