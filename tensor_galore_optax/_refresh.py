@@ -53,7 +53,9 @@ def _gram(matrix: jax.Array) -> jax.Array:
 
 def _svd_factor(tensor, mode, rank, previous):
   del previous
-  u, _, _ = jnp.linalg.svd(_tucker.unfold(tensor, mode), full_matrices=False)
+  unfolded = _tucker.unfold(tensor, mode)
+  # A rank above the unfolding's column count needs the complete basis.
+  u, _, _ = jnp.linalg.svd(unfolded, full_matrices=rank > unfolded.shape[1])
   return u[:, :rank]
 
 

@@ -6,7 +6,6 @@ GaLore (Zhao et al., https://arxiv.org/abs/2403.03507) from matrices to tensors
 of any order, real or complex.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple, Union

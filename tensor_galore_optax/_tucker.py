@@ -181,12 +181,11 @@ def resolve_ranks(
 ) -> tuple[int | None, ...]:
   """Per-mode ranks ``R_n`` (``None`` = not projected) for one tensor.
 
-  A mode's rank never exceeds its size nor the product of the other modes'
-  sizes (the rank of its unfolding), so a factor always spans real directions.
+  A mode's rank is clipped to the mode's size, so ``rank=1.0`` (or a large int)
+  is the full-rank, lossless projection.
   """
   n_modes = len(mode_sizes)
-  total = math.prod(mode_sizes)
-  caps = [min(i, total // i) if i else 0 for i in mode_sizes]
+  caps = list(mode_sizes)
   validate_rank(rank, where)
   if isinstance(rank, Sequence):
     if num_projected is not None:
