@@ -1,0 +1,83 @@
+"""Tests of the Tucker algebra: rank resolution, tensor views, projections."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tensor_galore_optax import _tucker
+from tensor_galore_optax._tucker import TuckerSpec
+
+
+@pytest.mark.parametrize(
+    "rank, sizes, num_projected, expected",
+    [
+        (4, (8, 3, 16), None, (4, 3, 4)),  # ints are clipped to each mode
+        (1.0, (8, 3, 16), None, (8, 3, 16)),  # full rank is lossless
+        (0.25, (64, 64, 64, 33), None, (46, 46, 46, 24)),  # ceil(I * 0.25 ** (1/4))
+        (0.25, (64, 64), None, (32, 32)),
+        (0.5, (10, 40), 1, (None, 20)),  # one side: the larger mode
+        (3, (7, 7), 1, (3, None)),  # ties: the earlier mode, as optax's GaLore
+        ((2, None, 0.5), (8, 3, 16), None, (2, None, 8)),
+    ],
+)
+def test_resolve_ranks(rank, sizes, num_projected, expected):
+  assert _tucker.resolve_ranks(rank, sizes, num_projected, "t") == expected
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.25, 0.5, 0.9])
+def test_float_rank_keeps_at_least_that_fraction_of_entries(fraction):
+  sizes = (64, 64, 64, 33)
+  ranks = _tucker.resolve_ranks(fraction, sizes, None, "t")
+  assert math.prod(ranks) >= fraction * math.prod(sizes)
+
+
+def test_plan_views_round_trip_and_group_axes():
+  x = jnp.arange(2 * 3 * 4 * 5.0).reshape(2, 3, 4, 5)
+  plan = _tucker.make_plan(x.shape, TuckerSpec(modes=((3, 1), 0, 2), rank=1.0), 0.5, "t")
+  assert plan.mode_sizes == (15, 2, 4)
+  t = plan.to_tensor(x)
+  assert t.shape == (15, 2, 4)
+  np.testing.assert_array_equal(t[:, 1, 2], x[1, :, 2, :].T.reshape(-1))
+  np.testing.assert_array_equal(plan.from_tensor(t), x)
+
+
+def test_projection_and_back_projection_are_adjoint():
+  key = jax.random.key(0)
+  shape, ranks = (6, 5, 4), (3, 2, 4)
+  keys = jax.random.split(key, 5)
+  factors = {
+      n: jnp.linalg.qr(jax.random.normal(keys[n], (i, r)) + 1j * jax.random.normal(keys[3], (i, r)))[0]
+      for n, (i, r) in enumerate(zip(shape, ranks))
+  }
+  g = jax.random.normal(keys[4], shape) + 0j
+  c = jax.random.normal(keys[3], ranks) + 1j * jax.random.normal(keys[2], ranks)
+  lhs = jnp.vdot(c, _tucker.project(g, factors))
+  rhs = jnp.vdot(_tucker.back_project(c, factors), g)
+  np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
+
+
+def test_mode_dot_matches_unfolding_product():
+  key = jax.random.key(1)
+  t = jax.random.normal(key, (4, 5, 6))
+  m = jax.random.normal(key, (5, 3))
+  out = _tucker.mode_dot(t, m, 1)
+  chex.assert_shape(out, (4, 3, 6))
+  chex.assert_trees_all_close(_tucker.unfold(out, 1), m.T @ _tucker.unfold(t, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "modes, match",
+    [((0, (1, 5)), "out of range"), ((0, ()), "empty group"), ((0, 0, 1), "more than once")],
+)
+def test_bad_modes_name_the_leaf(modes, match):
+  with pytest.raises(ValueError, match=f"leaf x.*{match}"):
+    _tucker.make_plan((3, 4, 5), TuckerSpec(modes=modes), 0.5, "leaf x")
+
+
+def test_scalar_leaf_is_refused():
+  with pytest.raises(ValueError, match="scalar"):
+    _tucker.make_plan((), TuckerSpec(), 0.5, "leaf s")
