@@ -8,7 +8,9 @@ subspace of the mode-``n`` unfolding, which is what HOSVD keeps:
   unfoldings of FNO weights are very wide (64 x 139392 for NS-128).
 * ``"eigh"``: HOSVD through the eigendecomposition of each unfolding's Gram
   matrix ``A A^H`` (``I_n x I_n``): one pass over the tensor per mode, then a
-  tiny eigh. Same subspaces as ``"svd"`` up to float32 round-off.
+  tiny eigh. Same subspaces as ``"svd"`` up to float32 round-off. For a mode
+  larger than the rest of the tensor (matrix GaLore's large side), the other
+  Gram matrix ``A^H A`` is the small one and is used instead.
 * ``"sthosvd"``: sequentially truncated HOSVD (Vannieuwenhoven et al., 2012):
   like ``"eigh"``, but each mode is computed on the tensor already projected on
   the modes before it, so later Gram matrices come from a smaller tensor.
@@ -61,7 +63,20 @@ def _svd_factor(tensor, mode, rank, previous):
 
 def _eigh_factor(tensor, mode, rank, previous):
   del previous
-  return _leading_eigenvectors(_gram(_tucker.unfold(tensor, mode)), rank)
+  unfolded = _tucker.unfold(tensor, mode)
+  size, others = unfolded.shape
+  if size <= others:
+    return _leading_eigenvectors(_gram(unfolded), rank)
+  # A tall unfolding (matrix GaLore projecting the large side of a weight):
+  # the small Gram matrix A^H A has the same leading spectrum, and A V spans
+  # the leading left subspace. The QR orthonormalises it and, where the rank
+  # exceeds the unfolding's column count, completes it with further columns.
+  kept = min(rank, others)
+  leading = unfolded @ _leading_eigenvectors(_gram(unfolded.conj().T), kept)
+  if rank > kept:
+    leading = jnp.concatenate([leading, jnp.eye(size, rank - kept, dtype=leading.dtype)], axis=1)
+  basis, _ = jnp.linalg.qr(leading)
+  return basis
 
 
 def _subspace_factor(tensor, mode, rank, previous):

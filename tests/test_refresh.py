@@ -123,3 +123,21 @@ def test_ties_do_not_change_the_projection():
   for method in REFRESH_METHODS:
     factors = _refresh.refresh_factors(t, previous, method, True)
     np.testing.assert_allclose(_projector(factors[0]), np.eye(6), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", REFRESH_METHODS)
+@pytest.mark.parametrize("rank", [3, 5, 9])
+def test_tall_unfoldings_use_the_small_gram_matrix(method, rank):
+  """Matrix GaLore projecting the large side of a (5, 40) weight: mode 1 (40) is
+  taller than its unfolding is wide (5); ranks past 5 complete the basis."""
+  key = jax.random.key(7)
+  t = (jax.random.normal(key, (5, 40)) + 1j * jax.random.normal(jax.random.fold_in(key, 1), (5, 40)))
+  t = t.astype(jnp.complex64)
+  previous = {1: jnp.eye(40, rank, dtype=jnp.complex64)}
+  exact = _refresh.refresh_factors(t, previous, "svd", True)
+  found = _refresh.refresh_factors(t, previous, method, True)
+  chex.assert_trees_all_close(found[1].conj().T @ found[1], jnp.eye(rank), atol=1e-5)
+  kept = min(rank, 5)
+  # The leading `kept` directions are the unfolding's whole range: same projector.
+  chex.assert_trees_all_close(_projector(found[1]) @ t.T, _projector(exact[1]) @ t.T, atol=1e-4)
+  assert _energy(t, found) >= 0.99 * _energy(t, exact) and kept <= rank
