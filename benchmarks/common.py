@@ -1,16 +1,24 @@
 """What the benchmarks share: configurations, the FNO train step, timing."""
 
-import dataclasses
-import pathlib
-import platform
-import statistics
-import sys
-import time
+import os
 
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
+# On CPU, LAPACK (eigh, QR, SVD inside XLA's custom calls) runs on OpenBLAS, whose
+# worker threads spin against XLA's own threads: a 32x32 complex eigh measured
+# 0.1 ms alone and over 100 ms inside a busy process. One LAPACK thread avoids it.
+# Must be set before numpy/jax load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import dataclasses  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -23,18 +23,15 @@ Usage::
 import argparse
 import json
 import pathlib
-import platform
-import statistics
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402  (first: it configures the process before jax loads)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from examples.fno import data, losses, model  # noqa: E402
 from tensor_galore_optax import REFRESH_METHODS, TuckerSpec, tensor_galore  # noqa: E402
@@ -78,17 +75,6 @@ def spectral_gradients(config_name: str, adam_steps: int = 5, seed: int = 0):
   return first_spectral(first), first_spectral(grads)
 
 
-def timed(fn, *args, repeats: int) -> float:
-  """Median wall time of ``fn(*args)`` after one compile-and-warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def energy(tensor, factors) -> float:
   return float(jnp.linalg.norm(_tucker.project(tensor, factors)) ** 2 / jnp.linalg.norm(tensor) ** 2)
 
@@ -101,14 +87,14 @@ def run(config_name: str, repeats: int) -> dict:
   refresh = jax.jit(_refresh.refresh_factors, static_argnames="method")
   svd_first = refresh(g0, eye, method="svd", is_first=True)
   svd_later = refresh(g1, svd_first, method="svd", is_first=False)
-  svd_time = timed(lambda t, f: refresh(t, f, method="svd", is_first=False), g1, svd_first,
+  svd_time = common.timed(lambda t, f: refresh(t, f, method="svd", is_first=False), g1, svd_first,
                    repeats=repeats)
   rows = []
   for method in REFRESH_METHODS:
     first = refresh(g0, eye, method=method, is_first=True)
     warm_from = refresh(g0, eye, method=method, is_first=True)
     later = refresh(g1, warm_from, method=method, is_first=False)
-    t = timed(lambda g, f, m=method: refresh(g, f, method=m, is_first=False), g1, warm_from,
+    t = common.timed(lambda g, f, m=method: refresh(g, f, method=m, is_first=False), g1, warm_from,
               repeats=repeats)
     rows.append({
         "method": method,
@@ -123,7 +109,7 @@ def run(config_name: str, repeats: int) -> dict:
   params = {"w": g0}
   adam_full = optax.scale_by_adam()
   adam_state = adam_full.init(params)
-  adam_time = timed(jax.jit(adam_full.update), {"w": g1}, adam_state, repeats=repeats)
+  adam_time = common.timed(jax.jit(adam_full.update), {"w": g1}, adam_state, repeats=repeats)
   gap = 200
   steps = {}
   for method in REFRESH_METHODS:
@@ -134,8 +120,8 @@ def run(config_name: str, repeats: int) -> dict:
     refresh_state = state._replace(count=jnp.asarray(gap, jnp.int32))
     steady_state = state._replace(count=jnp.asarray(gap + 1, jnp.int32))
     steps[method] = {
-        "refresh_step_seconds": timed(update, {"w": g1}, refresh_state, repeats=repeats),
-        "steady_step_seconds": timed(update, {"w": g1}, steady_state, repeats=repeats),
+        "refresh_step_seconds": common.timed(update, {"w": g1}, refresh_state, repeats=repeats),
+        "steady_step_seconds": common.timed(update, {"w": g1}, steady_state, repeats=repeats),
     }
   for row in rows:
     s = steps[row["method"]]
@@ -188,11 +174,7 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
   results = [run(name, args.repeats) for name in names]
-  report = {
-      "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}, "
-      f"jax {jax.__version__}",
-      "results": results,
-  }
+  report = {"machine": common.machine(), "results": results}
   print(markdown(results))
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)

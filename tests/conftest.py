@@ -1,8 +1,16 @@
-"""Shared test set-up: the repo root on ``sys.path`` so that the examples import."""
+"""Shared test set-up."""
 
-import pathlib
-import sys
+import os
 
+# LAPACK's OpenBLAS threads spin against XLA's own threads on CPU and make small
+# eigendecompositions orders of magnitude slower inside a busy process (see
+# benchmarks/common.py). Set before anything loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+# The repo root on `sys.path`, so that the examples and benchmarks import.
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
