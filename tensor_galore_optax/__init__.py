@@ -3,6 +3,7 @@
 from tensor_galore_optax._memory import optimizer_state_bytes
 from tensor_galore_optax._memory import tree_bytes
 from tensor_galore_optax._refresh import REFRESH_METHODS
+from tensor_galore_optax._sharding import optimizer_state_shardings
 from tensor_galore_optax._transform import MOMENT_POLICIES
 from tensor_galore_optax._transform import TensorGaLoreState
 from tensor_galore_optax._transform import tensor_galore
@@ -17,6 +18,7 @@ __all__ = (
     "TensorGaLoreState",
     "TuckerSpec",
     "optimizer_state_bytes",
+    "optimizer_state_shardings",
     "tensor_galore",
     "tensor_galore_adamw",
     "tree_bytes",
