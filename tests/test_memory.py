@@ -1,0 +1,43 @@
+"""The bytes reported for optimizer states agree with a hand calculation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw, tree_bytes
+
+
+def test_tensor_galore_adamw_state_bytes_match_the_shapes():
+  params = {
+      "spectral": jax.ShapeDtypeStruct((64, 64, 64, 33), jnp.complex64),
+      "dense": jax.ShapeDtypeStruct((256, 128), jnp.float32),
+      "bias": jax.ShapeDtypeStruct((128,), jnp.float32),
+  }
+  # Hand calculation. rank 0.25: each of N modes keeps ceil(I_n * 0.25 ** (1 / N)).
+  spectral_core = (46, 46, 46, 24)  # ceil(64 * 0.7071...) = 46, ceil(33 * 0.7071...) = 24
+  dense_core = (128, 64)  # ceil(256 * 0.5), ceil(128 * 0.5)
+  complex_bytes, real_bytes = 8, 4
+  factors = (
+      sum(i * r for i, r in zip((64, 64, 64, 33), spectral_core)) * complex_bytes
+      + (256 * 128 + 128 * 64) * real_bytes
+  )
+  moments = 2 * (
+      math.prod(spectral_core) * complex_bytes + math.prod(dense_core) * real_bytes + 128 * real_bytes
+  )
+  counters = 2 * 4  # tensor_galore's count and Adam's count, int32
+  expected = factors + moments + counters
+
+  measured = optimizer_state_bytes(tensor_galore_adamw(1e-3, rank=0.25), params)
+  assert measured == expected
+
+  adamw = optimizer_state_bytes(optax.adamw(1e-3), params)
+  assert adamw == 2 * tree_bytes(params) + 4
+  assert measured / adamw < 0.3
+
+
+def test_tree_bytes_counts_arrays_and_shape_structs_alike():
+  arrays = {"a": jnp.zeros((3, 5), jnp.bfloat16), "b": [jnp.zeros(7, jnp.complex64)]}
+  structs = jax.eval_shape(lambda: arrays)
+  assert tree_bytes(arrays) == tree_bytes(structs) == 3 * 5 * 2 + 7 * 8
