@@ -38,6 +38,7 @@ from tensor_galore_optax import _tucker
 
 RefreshMethod = Literal["svd", "eigh", "sthosvd", "subspace"]
 REFRESH_METHODS: tuple[str, ...] = ("svd", "eigh", "sthosvd", "subspace")
+"""The factor refresh methods, the reference (exact HOSVD by SVD) first."""
 
 Factors = dict[int, jax.Array]
 

@@ -18,6 +18,7 @@ from tensor_galore_optax import _refresh, _tucker
 from tensor_galore_optax._tucker import Rank, TuckerPlan, TuckerSpec
 
 MOMENT_POLICIES: tuple[str, ...] = ("keep", "reset", "rotate")
+"""What the base optimizer's moments do when the factors change; see `tensor_galore`."""
 
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
@@ -138,18 +139,18 @@ def tensor_galore(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
-  For a parameter tensor with gradient :math:`G` of shape
-  :math:`(I_1, \dots, I_N)`, the transformation keeps one factor
-  :math:`U_n \in \mathbb{C}^{I_n \times R_n}` with orthonormal columns per
+  For a parameter tensor with gradient \(G\) of shape
+  \((I_1, \dots, I_N)\), the transformation keeps one factor
+  \(U_n \in \mathbb{C}^{I_n \times R_n}\) with orthonormal columns per
   projected mode and computes
 
-  .. math::
-
+  \[
     C = G \times_1 U_1^H \cdots \times_N U_N^H, \qquad
     u = \mathrm{scale} \cdot B(C) \times_1 U_1 \cdots \times_N U_N,
+  \]
 
-  where :math:`B` is ``base_optimizer`` (Adam by default), whose state lives at
-  the size of the core :math:`C`, not of :math:`G`. Every ``update_proj_gap``
+  where \(B\) is ``base_optimizer`` (Adam by default), whose state lives at
+  the size of the core \(C\), not of \(G\). Every ``update_proj_gap``
   steps, counting from step 0, the factors are recomputed from the current
   gradient (HOSVD: the leading left singular vectors of each mode-``n``
   unfolding) inside the jitted update with `jax.lax.cond`. Projections use
@@ -159,10 +160,12 @@ def tensor_galore(
 
   ``base_optimizer`` sees core-shaped arrays and no ``params``, so it must not
   need them: ``optax.adamw`` inside would decay the core, not the weight.
-  Apply weight decay after this transformation, in the full space::
+  Apply weight decay after this transformation, in the full space,
 
-    optax.chain(tensor_galore(...), optax.add_decayed_weights(wd),
-                optax.scale_by_learning_rate(lr))
+  ```py
+  optax.chain(tensor_galore(...), optax.add_decayed_weights(wd),
+              optax.scale_by_learning_rate(lr))
+  ```
 
   which is `tensor_galore_adamw`. ``optax.chain(tensor_galore(...),
   optax.adamw(...))`` would not save memory: ``chain``'s ``init`` hands the
@@ -223,11 +226,11 @@ def tensor_galore(
     ((16, 16, 8, 5), dtype('complex64'))
 
   References:
-    George et al., `Tensor-GaLore: Memory-Efficient Training via Gradient
-    Tensor Decomposition <https://arxiv.org/abs/2501.02379>`_, 2025.
+    George et al., [Tensor-GaLore: Memory-Efficient Training via Gradient
+    Tensor Decomposition](https://arxiv.org/abs/2501.02379), 2025.
 
-    Zhao et al., `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
-    Projection <https://arxiv.org/abs/2403.03507>`_, 2024.
+    Zhao et al., [GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
+    Projection](https://arxiv.org/abs/2403.03507), 2024.
   """
   _tucker.validate_rank(rank)
   if isinstance(update_proj_gap, bool) or not isinstance(update_proj_gap, int):
@@ -409,14 +412,16 @@ def tensor_galore_adamw(
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
-  Equivalent to::
+  Equivalent to
 
-    optax.chain(
-        tensor_galore(rank, base_optimizer=optax.scale_by_adam(b1, b2, eps,
-                      eps_root, mu_dtype, nesterov=nesterov), ...),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
+  ```py
+  optax.chain(
+      tensor_galore(rank, base_optimizer=optax.scale_by_adam(b1, b2, eps,
+                    eps_root, mu_dtype, nesterov=nesterov), ...),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  ```
 
   Decoupled weight decay acts on the full weights, as in ``optax.adamw``;
   only Adam's moments are projected. See `tensor_galore` for the projection,
@@ -456,11 +461,11 @@ def tensor_galore_adamw(
     dtype('complex64')
 
   References:
-    George et al., `Tensor-GaLore: Memory-Efficient Training via Gradient
-    Tensor Decomposition <https://arxiv.org/abs/2501.02379>`_, 2025.
+    George et al., [Tensor-GaLore: Memory-Efficient Training via Gradient
+    Tensor Decomposition](https://arxiv.org/abs/2501.02379), 2025.
 
-    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
-    <https://arxiv.org/abs/1711.05101>`_, 2019.
+    Loshchilov & Hutter, [Decoupled Weight Decay Regularization](
+    https://arxiv.org/abs/1711.05101), 2019.
   """
   return optax.chain(
       tensor_galore(

@@ -166,8 +166,8 @@ def test_no_recompilation_on_second_update():
 
 
 def test_works_inside_multisteps_and_scan():
-  # Real leaves only: optax.MultiSteps (0.2.8) casts its accumulator with
-  # `astype(None)`, which drops the imaginary part of complex gradients.
+  # Real leaves only: optax.MultiSteps (0.2.8) accumulates in float32 by default,
+  # which drops the imaginary part of complex gradients (see docs/composing.md).
   params = _fno_like_params(jax.random.key(7))
   params["spectral"] = params["spectral"].real
   tx = optax.MultiSteps(tensor_galore_adamw(1e-2, min_size=64, update_proj_gap=3), 2)

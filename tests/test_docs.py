@@ -1,0 +1,130 @@
+"""The documentation's code runs, its API page is complete and the site builds.
+
+Convention for code blocks in ``README.md`` and ``docs/*.md``:
+
+* a block fenced with ```` ```python ```` is executed here, one test per block,
+  named ``file:line``. The blocks of one file run in order in one shared
+  namespace, so a block can use the names defined by the blocks above it;
+* a block that must not run (a multi-host launch, a long training command, a
+  fragment) is fenced with ```` ```py ```` instead: it is highlighted the same
+  way on the site and skipped here. ```` ```bash ```` and other languages are
+  never run.
+
+Every executed block should take at most a few seconds on a CPU: use small
+shapes.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# An opening fence (up to 3 spaces of indentation), its info string, then the
+# body up to a closing fence of the same indentation.
+_FENCE = re.compile(
+  r"^(?P<indent> {0,3})```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+  re.MULTILINE | re.DOTALL,
+)
+
+
+def _python_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
+  """``(line, code)`` of every ```python block of ``path``, in order."""
+  text = path.read_text(encoding="utf-8")
+  blocks = []
+  for match in _FENCE.finditer(text):
+    info = match.group("info").strip().split()
+    if not info or info[0] != "python":
+      continue
+    line = text.count("\n", 0, match.start()) + 1
+    indent = len(match.group("indent"))
+    body = "\n".join(
+      ln[indent:] if ln[:indent].strip() == "" else ln for ln in match.group("body").splitlines()
+    )
+    blocks.append((line, body))
+  return blocks
+
+
+def _relative(path: pathlib.Path) -> str:
+  return path.relative_to(ROOT).as_posix()
+
+
+_BLOCKS = {path: _python_blocks(path) for path in DOC_FILES}
+_CASES = [(path, index) for path, blocks in _BLOCKS.items() for index in range(len(blocks))]
+# Per file: the shared namespace, how many of its blocks have run in it, and
+# the line of the first one that failed (None while all pass).
+_STATE: dict[pathlib.Path, list] = {}
+
+
+def _run(path: pathlib.Path, index: int, namespace: dict) -> None:
+  line, code = _BLOCKS[path][index]
+  exec(compile(code, f"{_relative(path)}:{line}", "exec"), namespace)  # noqa: S102
+
+
+@pytest.mark.parametrize(
+  ("path", "index"),
+  [pytest.param(p, i, id=f"{_relative(p)}:{_BLOCKS[p][i][0]}") for p, i in _CASES],
+)
+def test_code_block_runs(path, index):
+  # A block may use the names of the blocks above it. They normally ran just
+  # before (pytest keeps the parametrisation order); when they did not (a
+  # `-k` selection, pytest-xdist), they are run here first.
+  fresh = [{"__name__": f"docs_{path.stem}"}, 0, None]
+  state = _STATE.setdefault(path, fresh)
+  if state[1] > index:  # Out of order: start again from the top.
+    state = _STATE[path] = fresh
+  if state[2] is not None:
+    pytest.skip(f"an earlier block ({_relative(path)}:{state[2]}) failed")
+  while state[1] <= index:
+    current = state[1]
+    state[1] += 1
+    try:
+      _run(path, current, state[0])
+    except Exception:
+      state[2] = _BLOCKS[path][current][0]
+      if current < index:
+        pytest.skip(f"an earlier block ({_relative(path)}:{state[2]}) failed")
+      raise
+
+
+def test_fence_parser_sees_blocks():
+  # Guards the parser itself: the README's quick start is a ```python block.
+  assert _BLOCKS[ROOT / "README.md"]
+  assert sum(len(b) for b in _BLOCKS.values()) > len(_BLOCKS[ROOT / "README.md"])
+
+
+def test_api_page_lists_every_public_name():
+  import tensor_galore_optax
+
+  api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+  documented = set(re.findall(r"^::: tensor_galore_optax\.(\w+)\s*$", api, re.MULTILINE))
+  missing = sorted(set(tensor_galore_optax.__all__) - documented)
+  assert not missing, f"docs/api.md has no `::: tensor_galore_optax.NAME` for {missing}"
+
+
+def test_nav_pages_exist():
+  text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+  pages = re.findall(r"^\s*- [^:\n]+:\s*(\S+\.md)\s*$", text, re.MULTILINE)
+  assert pages
+  missing = [p for p in pages if not (ROOT / "docs" / p).is_file()]
+  assert not missing, f"mkdocs.yml's nav names missing pages: {missing}"
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert (tmp_path / "index.html").is_file()
+  assert (tmp_path / "api" / "index.html").is_file()
