@@ -13,7 +13,8 @@ containing it included):
   `PartitionSpec` axis by axis, keeping a mesh axis only where the core's size
   on that dimension stays divisible by the mesh axis size, else that dimension
   is replicated. Any other leaf (a core of grouped modes, whose dimensions are
-  not the parameter's) is replicated.
+  not the parameter's) is replicated. Shapes are all the helper sees: a core
+  of modes that permute the axes is matched by position.
 * Everything else (step counts, hyper-parameters, scalars) is replicated.
 
 A projected dimension of a core indexes rank components, not rows of the

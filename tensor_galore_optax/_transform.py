@@ -79,9 +79,10 @@ def _plans(
   def eligible(leaf) -> bool:
     return leaf.ndim >= 2 and leaf.size >= min_size
 
-  if spec is None or isinstance(spec, TuckerSpec):
-    default = TuckerSpec() if spec is None else spec
-    specs = [default if eligible(leaf) else None for _, leaf in paths_and_leaves]
+  if spec is None:
+    specs = [_default_spec(leaf, rank) if eligible(leaf) else None for _, leaf in paths_and_leaves]
+  elif isinstance(spec, TuckerSpec):
+    specs = [spec if eligible(leaf) else None for _, leaf in paths_and_leaves]
   else:
     spec_tree = spec(tree) if callable(spec) else spec
     try:
@@ -104,6 +105,18 @@ def _plans(
     where = f"leaf {jax.tree_util.keystr(path)} with shape {tuple(leaf.shape)}"
     plans.append(_tucker.make_plan(leaf.shape, s, rank, where))
   return plans, treedef
+
+
+def _default_spec(leaf, rank: Rank) -> TuckerSpec:
+  """Every axis of a tensor; one side of a matrix (the larger one), as GaLore.
+
+  Projecting both sides of a matrix makes the core at a refresh diagonal up to
+  round-off, and Adam's first step would turn that round-off into full-size
+  steps along every off-diagonal direction. A per-mode rank tuple says itself
+  which modes are projected.
+  """
+  one_sided = leaf.ndim == 2 and isinstance(rank, (int, float))
+  return TuckerSpec(num_projected=1) if one_sided else TuckerSpec()
 
 
 def _map_moments(state, fn: Callable[[str, Any], Any]):
@@ -187,8 +200,9 @@ def tensor_galore(
     base_optimizer: The transformation run on the cores; it must not need
       ``params``. Defaults to ``optax.scale_by_adam()``.
     min_size: With the default ``spec``, leaves with at least 2 dimensions and
-      at least this many entries are projected on every axis; smaller leaves
-      (biases, norm scales) go through ``base_optimizer`` at full size.
+      at least this many entries are projected: tensors on every axis,
+      matrices on their larger side (as GaLore); smaller leaves (biases, norm
+      scales) go through ``base_optimizer`` at full size.
     spec: Which leaves, and how each is seen as a tensor: a `TuckerSpec` for
       every eligible leaf (``ndim >= 2``, ``size >= min_size``), a pytree of
       specs matching the params (``None`` = not projected; explicit specs
@@ -287,6 +301,18 @@ def tensor_galore(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params  # The projection needs none; weight decay belongs outside.
+    if _uses_explicit_axes((updates, state)):
+      # Under explicit mesh axes, JAX asks every contraction of a sharded axis
+      # (the refresh's Gram matrices, the projections) for an output sharding.
+      # XLA's automatic propagation decides them instead; the results keep the
+      # shardings of the inputs.
+      out_shardings = jax.tree.map(lambda x: jax.typeof(x).sharding, (updates, state))
+      return jax.sharding.auto_axes(
+          lambda u, s: _update(u, s, **extra_args), out_sharding=out_shardings
+      )(updates, state)
+    return _update(updates, state, **extra_args)
+
+  def _update(updates, state, **extra_args):
     if not jax.tree.leaves(updates):
       new_updates, base_state = base.update(
           updates, state.base_optimizer_state, None, **extra_args
@@ -296,9 +322,10 @@ def tensor_galore(
       )
     plans, treedef = _plans(updates, spec, rank, min_size)
     grads = treedef.flatten_up_to(updates)
+    _check_moment_shapes(updates, treedef, plans, state.base_optimizer_state)
     old_factors = [
         dict(zip(p.projected_modes, f)) if p is not None else {}
-        for p, f in zip(plans, treedef.flatten_up_to(state.factors))
+        for p, f in zip(plans, _factors_per_leaf(updates, treedef, plans, state.factors))
     ]
     tensors = [g if p is None else p.to_tensor(g) for p, g in zip(plans, grads)]
 
@@ -339,6 +366,54 @@ def tensor_galore(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _uses_explicit_axes(tree) -> bool:
+  """Whether any array of ``tree`` is sharded over a mesh with explicit axes."""
+  for leaf in jax.tree.leaves(tree):
+    mesh = getattr(jax.typeof(leaf).sharding, "mesh", None)
+    if mesh is not None and not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types:
+      return True
+  return False
+
+
+def _factors_per_leaf(updates, treedef, plans, factors) -> list[tuple]:
+  """The state's factors, one tuple per leaf, checked against the gradients."""
+  try:
+    per_leaf = treedef.flatten_up_to(factors)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"updates do not match the tree tensor_galore was initialised with: {e}"
+    ) from e
+  paths_and_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+  for (path, leaf), plan, leaf_factors in zip(paths_and_leaves, plans, per_leaf):
+    wanted = () if plan is None else plan.factor_shapes
+    held = tuple(tuple(u.shape) for u in leaf_factors)
+    if tuple(wanted) != held:
+      raise ValueError(
+          f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} needs "
+          f"factors {tuple(wanted)} but the state holds {held}; was the state initialised for "
+          "other params?"
+      )
+  return per_leaf
+
+
+def _check_moment_shapes(updates, treedef, plans, base_state) -> None:
+  """Checks the cores' shapes against the base optimizer's ``mu``/``nu`` (if any)."""
+  paths_and_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+
+  def check(name, tree):
+    for (path, leaf), plan, moment in zip(paths_and_leaves, plans, treedef.flatten_up_to(tree)):
+      core_shape = tuple(leaf.shape) if plan is None else plan.core_shape
+      if hasattr(moment, "shape") and tuple(moment.shape) != core_shape:
+        raise ValueError(
+            f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} has "
+            f"a core of shape {core_shape} but the state's `{name}` holds {tuple(moment.shape)}; "
+            "was the state initialised for other params?"
+        )
+    return tree
+
+  _map_moments(base_state, check)
 
 
 def _promote(x: jax.Array, factors: dict[int, jax.Array]):

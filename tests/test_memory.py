@@ -16,12 +16,13 @@ def test_tensor_galore_adamw_state_bytes_match_the_shapes():
       "bias": jax.ShapeDtypeStruct((128,), jnp.float32),
   }
   # Hand calculation. rank 0.25: each of N modes keeps ceil(I_n * 0.25 ** (1 / N)).
+  # Matrices are projected on their larger side only, keeping the fraction.
   spectral_core = (46, 46, 46, 24)  # ceil(64 * 0.7071...) = 46, ceil(33 * 0.7071...) = 24
-  dense_core = (128, 64)  # ceil(256 * 0.5), ceil(128 * 0.5)
+  dense_core = (64, 128)  # ceil(256 * 0.25); the 128 side is not projected
   complex_bytes, real_bytes = 8, 4
   factors = (
       sum(i * r for i, r in zip((64, 64, 64, 33), spectral_core)) * complex_bytes
-      + (256 * 128 + 128 * 64) * real_bytes
+      + 256 * 64 * real_bytes
   )
   moments = 2 * (
       math.prod(spectral_core) * complex_bytes + math.prod(dense_core) * real_bytes + 128 * real_bytes

@@ -187,8 +187,12 @@ def test_works_inside_multisteps_and_scan():
 
 def test_inject_hyperparams_with_static_shape_arguments():
   params = _fno_like_params(jax.random.key(8))
+  # inject_hyperparams would otherwise take the complex leaves' dtype for the
+  # hyperparameters (see docs/composing.md).
   factory = optax.inject_hyperparams(
-      tensor_galore_adamw, static_args=("rank", "update_proj_gap", "min_size")
+      tensor_galore_adamw,
+      static_args=("rank", "update_proj_gap", "min_size"),
+      hyperparam_dtype=jnp.float32,
   )
   injected = factory(learning_rate=1e-3, rank=0.25, update_proj_gap=5, min_size=64)
   plain = tensor_galore_adamw(1e-3, 0.25, update_proj_gap=5, min_size=64)
@@ -461,6 +465,6 @@ def test_real_mlp_regression_with_projected_weights_ends_within_1_2x_of_adamw():
     return float(loss(p)), state
 
   ours_loss, ours_state = train(tensor_galore_adamw(3e-3, rank=0.5, min_size=512, update_proj_gap=50))
-  assert all(len(layer["w"]) == 2 for layer in ours_state[0].factors)  # every weight projected
+  assert all(len(layer["w"]) == 1 for layer in ours_state[0].factors)  # every weight projected
   adamw_loss, _ = train(optax.adamw(3e-3))
   assert ours_loss <= 1.2 * adamw_loss, (ours_loss, adamw_loss)
