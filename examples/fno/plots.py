@@ -1,0 +1,111 @@
+"""Figures of the FNO example: loss curves, sample predictions, optimizer comparison.
+
+Every function writes one PNG with matplotlib's non-interactive Agg backend,
+so the figures are made on machines without a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_history(
+    history: Sequence[dict], path: str | os.PathLike, *, identity: float | None = None
+) -> None:
+  """Plots the training loss and the test relative L2 error per epoch.
+
+  Args:
+    history: One dict per epoch with ``epoch``, ``train_loss`` and
+      ``test_rel_l2``.
+    path: The PNG to write.
+    identity: The error of predicting ``y = x``, drawn as a reference line.
+  """
+  epochs = [h["epoch"] for h in history]
+  fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+  ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+  ax.plot(epochs, [h["test_rel_l2"] for h in history], "s-", label="test relative L2")
+  if identity is not None:
+    ax.axhline(identity, color="gray", linestyle="--", label="identity (y = x)")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("relative error")
+  ax.set_yscale("log")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_samples(
+    x: np.ndarray, y: np.ndarray, pred: np.ndarray, path: str | os.PathLike
+) -> None:
+  """Shows input, truth, prediction and error, one test sample per row.
+
+  Multi-channel fields show their last channel (the final snapshot of a
+  trajectory). Truth and prediction share a colour scale per sample.
+
+  Args:
+    x: Inputs, ``(N, H, W, C_in)``.
+    y: Targets, ``(N, H, W, C_out)``.
+    pred: Predictions shaped like ``y``.
+    path: The PNG to write.
+  """
+  n = len(x)
+  fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False, layout="constrained")
+  for i, row in enumerate(axes):
+    truth, guess = y[i, ..., -1], pred[i, ..., -1]
+    low, high = truth.min(), truth.max()
+    error = np.linalg.norm(guess - truth) / np.linalg.norm(truth)
+    panels = [
+        (x[i, ..., -1], "input", {}),
+        (truth, "truth", dict(vmin=low, vmax=high)),
+        (guess, "prediction", dict(vmin=low, vmax=high)),
+        (guess - truth, f"error (relative L2 {error:.3f})", dict(cmap="RdBu_r")),
+    ]
+    for ax, (field, title, kwargs) in zip(row, panels, strict=True):
+      if "cmap" in kwargs:
+        limit = np.abs(field).max()
+        kwargs.update(vmin=-limit, vmax=limit)
+      image = ax.imshow(field, origin="lower", **kwargs)
+      fig.colorbar(image, ax=ax, shrink=0.8)
+      ax.set_title(title if i == 0 or title.startswith("error") else "")
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_compare(rows: Sequence[dict], path: str | os.PathLike) -> None:
+  """Plots test error against optimizer-state memory, one series per optimizer.
+
+  Args:
+    rows: One dict per run with ``optimizer``, ``rank``,
+      ``optimizer_state_bytes`` and ``test_rel_l2``.
+    path: The PNG to write.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
+  markers = {"adamw": "*", "galore": "o", "tensor_galore": "s"}
+  for name in dict.fromkeys(r["optimizer"] for r in rows):
+    series = sorted(
+        (r for r in rows if r["optimizer"] == name), key=lambda r: r["optimizer_state_bytes"]
+    )
+    mib = [r["optimizer_state_bytes"] / 2**20 for r in series]
+    errors = [r["test_rel_l2"] for r in series]
+    ax.plot(mib, errors, marker=markers.get(name, "o"), markersize=9, label=name)
+    for r, m, e in zip(series, mib, errors, strict=True):
+      if r["rank"] is not None:
+        ax.annotate(f"{r['rank']:g}", (m, e), textcoords="offset points", xytext=(5, 5))
+  ax.set_xscale("log")
+  ax.set_xlabel("optimizer state (MiB)")
+  ax.set_ylabel("test relative L2")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
