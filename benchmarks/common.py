@@ -38,25 +38,25 @@ class BenchConfig:
 
 
 CONFIGS = {
-    # The FNO example's CPU default (NS-64).
-    "small": BenchConfig(model.PRESETS["small"], resolution=64, batch=16),
-    # The Tensor-GaLore paper's Navier-Stokes model: spectral weights (64, 64, 64, 33).
-    "ns128": BenchConfig(model.PRESETS["ns128"], resolution=128, batch=8),
+  # The FNO example's CPU default (NS-64).
+  "small": BenchConfig(model.PRESETS["small"], resolution=64, batch=16),
+  # The Tensor-GaLore paper's Navier-Stokes model: spectral weights (64, 64, 64, 33).
+  "ns128": BenchConfig(model.PRESETS["ns128"], resolution=128, batch=8),
 }
 
 
 def machine() -> str:
   device = jax.devices()[0]
   return (
-      f"{platform.machine()} {device.platform} ({device.device_kind}), "
-      f"{jax.device_count()} device(s), jax {jax.__version__}"
+    f"{platform.machine()} {device.platform} ({device.device_kind}), "
+    f"{jax.device_count()} device(s), jax {jax.__version__}"
   )
 
 
 def build_params(config: BenchConfig, *, remat: bool = False, seed: int = 0):
   """``(graphdef, params)`` of the configured FNO (1 input and 1 output channel)."""
   net = config.preset.make(
-      1, 1, resolution=(config.resolution,) * 2, remat=remat, rngs=nnx.Rngs(seed)
+    1, 1, resolution=(config.resolution,) * 2, remat=remat, rngs=nnx.Rngs(seed)
   )
   return nnx.split(net)
 
@@ -70,7 +70,7 @@ def make_optimizer(name: str, rank, params, lr=1e-3, **kwargs):
   """The example's optimizers; GaLore's int rank matches Tensor-GaLore's bytes at ``rank``."""
   if name == "galore":
     tg_bytes = optimizer_state_bytes(
-        optimizers.make_optimizer("tensor_galore", lr, rank=rank, **kwargs), params
+      optimizers.make_optimizer("tensor_galore", lr, rank=rank, **kwargs), params
     )
     rank = optimizers.matched_galore_rank(params, tg_bytes, **kwargs)
   return optimizers.make_optimizer(name, lr, rank=rank, **kwargs), rank

@@ -49,8 +49,12 @@ def _one_row(config_name, optimizer_name, rank, remat, width, steps, compile_onl
     state_shape = jax.eval_shape(optimizer.init, params)
     compiled = step.lower(jax.eval_shape(lambda: params), state_shape, x_shape, x_shape).compile()
     a = compiled.memory_analysis()
-    row["step_bytes"] = (a.argument_size_in_bytes + a.output_size_in_bytes
-                         + a.temp_size_in_bytes - a.alias_size_in_bytes)
+    row["step_bytes"] = (
+      a.argument_size_in_bytes
+      + a.output_size_in_bytes
+      + a.temp_size_in_bytes
+      - a.alias_size_in_bytes
+    )
     row["bytes_limit"] = (device.memory_stats() or {}).get("bytes_limit")
   else:
     rng = np.random.default_rng(0)
@@ -69,8 +73,9 @@ def _one_row(config_name, optimizer_name, rank, remat, width, steps, compile_onl
 def _spawn(args: list[str]) -> dict | None:
   """Runs `_one_row` in a child process; None when it failed (e.g. out of memory)."""
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-  out = subprocess.run([sys.executable, __file__, "row", *args], capture_output=True, text=True,
-                       env=env, check=False)
+  out = subprocess.run(
+    [sys.executable, __file__, "row", *args], capture_output=True, text=True, env=env, check=False
+  )
   rows = [line[4:] for line in out.stdout.splitlines() if line.startswith("ROW ")]
   if out.returncode or not rows:
     print(f"  failed ({' '.join(args)}): {out.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -85,8 +90,10 @@ def peak(config_name: str, rank: float, steps: int) -> list[dict]:
       row = _spawn([config_name, name, str(rank), str(int(remat)), "0", str(steps), "0"])
       if row:
         rows.append(row)
-        print(f"  {name:14s} remat={remat!s:5s} peak {row['peak_bytes_in_use'] / 2**30:.2f} GiB",
-              flush=True)
+        print(
+          f"  {name:14s} remat={remat!s:5s} peak {row['peak_bytes_in_use'] / 2**30:.2f} GiB",
+          flush=True,
+        )
   return rows
 
 
@@ -120,7 +127,9 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if argv and argv[0] == "row":
     c, name, rank, remat, width, steps, compile_only = argv[1:]
-    _one_row(c, name, float(rank), bool(int(remat)), int(width), int(steps), bool(int(compile_only)))
+    _one_row(
+      c, name, float(rank), bool(int(remat)), int(width), int(steps), bool(int(compile_only))
+    )
     return 0
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("mode", choices=("peak", "width"))
@@ -135,13 +144,15 @@ def main(argv=None) -> int:
     result = peak(args.config, args.rank, args.steps)
   else:
     low, high, step = (int(v) for v in args.widths.split(","))
-    result = [widest(args.config, name, args.rank, low, high, step)
-              for name in ("adamw", "tensor_galore")]
+    result = [
+      widest(args.config, name, args.rank, low, high, step) for name in ("adamw", "tensor_galore")
+    ]
   print(json.dumps(result, indent=2))
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": common.machine(), "config": args.config,
-                                    "rows": result}, indent=2))
+    args.out.write_text(
+      json.dumps({"machine": common.machine(), "config": args.config, "rows": result}, indent=2)
+    )
   return 0
 
 

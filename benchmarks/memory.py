@@ -41,16 +41,16 @@ def compiled_step_memory(config, optimizer, params, *, remat: bool):
   x, y = common.abstract_batch(config)
   analysis = step.lower(abstract_params, abstract_state, x, y).compile().memory_analysis()
   return {
-      "argument_bytes": analysis.argument_size_in_bytes,
-      "output_bytes": analysis.output_size_in_bytes,
-      "temp_bytes": analysis.temp_size_in_bytes,
-      "alias_bytes": analysis.alias_size_in_bytes,
-      "step_bytes": analysis.argument_size_in_bytes
-      + analysis.output_size_in_bytes
-      + analysis.temp_size_in_bytes
-      - analysis.alias_size_in_bytes,
-      "optimizer_state_bytes": tree_bytes(abstract_state),
-      "params_bytes": tree_bytes(abstract_params),
+    "argument_bytes": analysis.argument_size_in_bytes,
+    "output_bytes": analysis.output_size_in_bytes,
+    "temp_bytes": analysis.temp_size_in_bytes,
+    "alias_bytes": analysis.alias_size_in_bytes,
+    "step_bytes": analysis.argument_size_in_bytes
+    + analysis.output_size_in_bytes
+    + analysis.temp_size_in_bytes
+    - analysis.alias_size_in_bytes,
+    "optimizer_state_bytes": tree_bytes(abstract_state),
+    "params_bytes": tree_bytes(abstract_params),
   }
 
 
@@ -68,9 +68,10 @@ def rows_for(config_name: str, ranks=RANKS, remats=(False, True)):
       row.update(compiled_step_memory(config, optimizer, params, remat=remat))
       rows.append(row)
       print(
-          f"{name:14s} rank={rank!s:5s} remat={remat!s:5s} state={row['optimizer_state_bytes']/2**20:9.1f}"
-          f" MiB step={row['step_bytes']/2**20:9.1f} MiB",
-          flush=True,
+        f"{name:14s} rank={rank!s:5s} remat={remat!s:5s} "
+        f"state={row['optimizer_state_bytes'] / 2**20:9.1f} MiB "
+        f"step={row['step_bytes'] / 2**20:9.1f} MiB",
+        flush=True,
       )
   for row in rows:
     base = next(r for r in rows if r["optimizer"] == "adamw" and r["remat"] == row["remat"])
@@ -82,18 +83,18 @@ def rows_for(config_name: str, ranks=RANKS, remats=(False, True)):
 def markdown(rows) -> str:
   mib = lambda b: f"{b / 2**20:,.1f}"
   lines = [
-      "| optimizer | rank | remat | optimizer state MiB (vs adamw) | params MiB | step MiB (vs "
-      "adamw) | temp MiB |",
-      "|---|---|---|---|---|---|---|",
+    "| optimizer | rank | remat | optimizer state MiB (vs adamw) | params MiB | step MiB (vs "
+    "adamw) | temp MiB |",
+    "|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     rank = "" if r["rank"] is None else f"{r['rank']}"
     if "galore_int_rank" in r:
       rank += f" (r={r['galore_int_rank']})"
     lines.append(
-        f"| {r['optimizer']} | {rank} | {r['remat']} | {mib(r['optimizer_state_bytes'])} "
-        f"({r['state_vs_adamw']:.3f}x) | {mib(r['params_bytes'])} | {mib(r['step_bytes'])} "
-        f"({r['step_vs_adamw']:.3f}x) | {mib(r['temp_bytes'])} |"
+      f"| {r['optimizer']} | {rank} | {r['remat']} | {mib(r['optimizer_state_bytes'])} "
+      f"({r['state_vs_adamw']:.3f}x) | {mib(r['params_bytes'])} | {mib(r['step_bytes'])} "
+      f"({r['step_vs_adamw']:.3f}x) | {mib(r['temp_bytes'])} |"
     )
   return "\n".join(lines)
 
@@ -108,10 +109,15 @@ def bar_chart(rows, path: pathlib.Path) -> None:
   labels = [r["optimizer"] + ("" if r["rank"] is None else f"\n{r['rank']}") for r in rows]
   fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 4))
   xs = range(len(rows))
-  ax.bar([x - 0.2 for x in xs], [r["optimizer_state_bytes"] / 2**20 for r in rows], 0.4,
-         label="optimizer state")
-  ax.bar([x + 0.2 for x in xs], [r["step_bytes"] / 2**20 for r in rows], 0.4,
-         label="compiled step (XLA)")
+  ax.bar(
+    [x - 0.2 for x in xs],
+    [r["optimizer_state_bytes"] / 2**20 for r in rows],
+    0.4,
+    label="optimizer state",
+  )
+  ax.bar(
+    [x + 0.2 for x in xs], [r["step_bytes"] / 2**20 for r in rows], 0.4, label="compiled step (XLA)"
+  )
   ax.set_xticks(list(xs), labels, fontsize=8)
   ax.set_ylabel("MiB")
   ax.set_title(f"{rows[0]['config']}: memory per optimizer and rank")
@@ -126,8 +132,12 @@ def main(argv=None) -> int:
   parser.add_argument("--config", choices=sorted(common.CONFIGS), default="small")
   parser.add_argument("--ranks", default=",".join(map(str, RANKS)))
   parser.add_argument("--no-remat", action="store_true", help="skip the remat rows")
-  parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="JSON file; a .md table and a .png chart are written beside it")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="JSON file; a .md table and a .png chart are written beside it",
+  )
   args = parser.parse_args(argv)
   ranks = tuple(float(r) for r in args.ranks.split(","))
   rows = rows_for(args.config, ranks, (False,) if args.no_remat else (False, True))

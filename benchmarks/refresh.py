@@ -34,13 +34,12 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from examples.fno import data, losses, model  # noqa: E402
-from tensor_galore_optax import REFRESH_METHODS, TuckerSpec, tensor_galore  # noqa: E402
-from tensor_galore_optax import _refresh, _tucker  # noqa: E402
+from tensor_galore_optax import REFRESH_METHODS, TuckerSpec, _refresh, _tucker, tensor_galore  # noqa: E402  # noqa: E402
 
 # Name: (preset, resolution, batch). ns64 is a 64x64 NS model with 32x32 modes.
 CONFIGS = {
-    "ns64": (model.FNOConfig(modes=(32, 32), width=64, projection_ratio=4), 64, 8),
-    "ns128": (model.PRESETS["ns128"], 128, 8),
+  "ns64": (model.FNOConfig(modes=(32, 32), width=64, projection_ratio=4), 64, 8),
+  "ns128": (model.PRESETS["ns128"], 128, 8),
 }
 RANK = 0.25
 
@@ -76,34 +75,42 @@ def spectral_gradients(config_name: str, adam_steps: int = 5, seed: int = 0):
 
 
 def energy(tensor, factors) -> float:
-  return float(jnp.linalg.norm(_tucker.project(tensor, factors)) ** 2 / jnp.linalg.norm(tensor) ** 2)
+  return float(
+    jnp.linalg.norm(_tucker.project(tensor, factors)) ** 2 / jnp.linalg.norm(tensor) ** 2
+  )
 
 
 def run(config_name: str, repeats: int) -> dict:
   g0, g1 = spectral_gradients(config_name)
   plan = _tucker.make_plan(g0.shape, TuckerSpec(), RANK, "spectral")
-  eye = {n: jnp.eye(i, r, dtype=jnp.complex64) for n, (i, r) in zip(plan.projected_modes,
-                                                                      plan.factor_shapes)}
+  eye = {
+    n: jnp.eye(i, r, dtype=jnp.complex64)
+    for n, (i, r) in zip(plan.projected_modes, plan.factor_shapes)
+  }
   refresh = jax.jit(_refresh.refresh_factors, static_argnames="method")
   svd_first = refresh(g0, eye, method="svd", is_first=True)
   svd_later = refresh(g1, svd_first, method="svd", is_first=False)
-  svd_time = common.timed(lambda t, f: refresh(t, f, method="svd", is_first=False), g1, svd_first,
-                   repeats=repeats)
+  svd_time = common.timed(
+    lambda t, f: refresh(t, f, method="svd", is_first=False), g1, svd_first, repeats=repeats
+  )
   rows = []
   for method in REFRESH_METHODS:
     first = refresh(g0, eye, method=method, is_first=True)
     warm_from = refresh(g0, eye, method=method, is_first=True)
     later = refresh(g1, warm_from, method=method, is_first=False)
-    t = common.timed(lambda g, f, m=method: refresh(g, f, method=m, is_first=False), g1, warm_from,
-              repeats=repeats)
-    rows.append({
+    t = common.timed(
+      lambda g, f, m=method: refresh(g, f, method=m, is_first=False), g1, warm_from, repeats=repeats
+    )
+    rows.append(
+      {
         "method": method,
         "refresh_seconds": t,
         "speedup_vs_svd": svd_time / t,
         "energy_first_vs_svd": energy(g0, first) / energy(g0, svd_first),
         "energy_later_vs_svd": energy(g1, later) / energy(g1, svd_later),
         "energy_later": energy(g1, later),
-    })
+      }
+    )
 
   # Whole jitted update() of the transformation on this one weight.
   params = {"w": g0}
@@ -120,8 +127,8 @@ def run(config_name: str, repeats: int) -> dict:
     refresh_state = state._replace(count=jnp.asarray(gap, jnp.int32))
     steady_state = state._replace(count=jnp.asarray(gap + 1, jnp.int32))
     steps[method] = {
-        "refresh_step_seconds": common.timed(update, {"w": g1}, refresh_state, repeats=repeats),
-        "steady_step_seconds": common.timed(update, {"w": g1}, steady_state, repeats=repeats),
+      "refresh_step_seconds": common.timed(update, {"w": g1}, refresh_state, repeats=repeats),
+      "steady_step_seconds": common.timed(update, {"w": g1}, steady_state, repeats=repeats),
     }
   for row in rows:
     s = steps[row["method"]]
@@ -129,14 +136,14 @@ def run(config_name: str, repeats: int) -> dict:
     row["refresh_step_speedup_vs_svd_factors"] = svd_time / s["refresh_step_seconds"]
     row["steady_step_vs_adam"] = s["steady_step_seconds"] / adam_time
   return {
-      "config": config_name,
-      "shape": list(g0.shape),
-      "dtype": str(g0.dtype),
-      "rank": RANK,
-      "ranks": list(plan.core_shape),
-      "svd_hosvd_seconds": svd_time,
-      "adam_full_step_seconds": adam_time,
-      "methods": rows,
+    "config": config_name,
+    "shape": list(g0.shape),
+    "dtype": str(g0.dtype),
+    "rank": RANK,
+    "ranks": list(plan.core_shape),
+    "svd_hosvd_seconds": svd_time,
+    "adam_full_step_seconds": adam_time,
+    "methods": rows,
   }
 
 
@@ -144,20 +151,20 @@ def markdown(results: list[dict]) -> str:
   lines = []
   for r in results:
     lines += [
-        f"**{r['config']}**: gradient {tuple(r['shape'])} {r['dtype']}, core {tuple(r['ranks'])}; "
-        f"SVD-HOSVD factors {r['svd_hosvd_seconds'] * 1e3:.0f} ms keeping "
-        f"{r['methods'][0]['energy_later']:.4f} of the energy, "
-        f"optax.adam step on the full tensor {r['adam_full_step_seconds'] * 1e3:.1f} ms.",
-        "",
-        "| method | refresh (vs SVD) | energy, first refresh (vs SVD) | energy, warm refresh "
-        "(vs SVD) | whole refresh step: SVD factors / step | steady step / adam |",
-        "|---|---|---|---|---|---|",
+      f"**{r['config']}**: gradient {tuple(r['shape'])} {r['dtype']}, core {tuple(r['ranks'])}; "
+      f"SVD-HOSVD factors {r['svd_hosvd_seconds'] * 1e3:.0f} ms keeping "
+      f"{r['methods'][0]['energy_later']:.4f} of the energy, "
+      f"optax.adam step on the full tensor {r['adam_full_step_seconds'] * 1e3:.1f} ms.",
+      "",
+      "| method | refresh (vs SVD) | energy, first refresh (vs SVD) | energy, warm refresh "
+      "(vs SVD) | whole refresh step: SVD factors / step | steady step / adam |",
+      "|---|---|---|---|---|---|",
     ]
     for m in r["methods"]:
       lines.append(
-          f"| {m['method']} | {m['refresh_seconds'] * 1e3:.0f} ms ({m['speedup_vs_svd']:.1f}x "
-          f"faster) | {m['energy_first_vs_svd']:.4f} | {m['energy_later_vs_svd']:.4f} | "
-          f"{m['refresh_step_speedup_vs_svd_factors']:.1f}x | {m['steady_step_vs_adam']:.2f}x |"
+        f"| {m['method']} | {m['refresh_seconds'] * 1e3:.0f} ms ({m['speedup_vs_svd']:.1f}x "
+        f"faster) | {m['energy_first_vs_svd']:.4f} | {m['energy_later_vs_svd']:.4f} | "
+        f"{m['refresh_step_speedup_vs_svd_factors']:.1f}x | {m['steady_step_vs_adam']:.2f}x |"
       )
     lines.append("")
   return "\n".join(lines)

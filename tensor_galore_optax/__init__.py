@@ -1,25 +1,26 @@
 """Tensor-GaLore for optax: memory-efficient optimizers for tensor-shaped weights."""
 
-from tensor_galore_optax._memory import optimizer_state_bytes
-from tensor_galore_optax._memory import tree_bytes
+from tensor_galore_optax._memory import optimizer_state_bytes, tree_bytes
 from tensor_galore_optax._refresh import REFRESH_METHODS
 from tensor_galore_optax._sharding import optimizer_state_shardings
-from tensor_galore_optax._transform import MOMENT_POLICIES
-from tensor_galore_optax._transform import TensorGaLoreState
-from tensor_galore_optax._transform import tensor_galore
-from tensor_galore_optax._transform import tensor_galore_adamw
+from tensor_galore_optax._transform import (
+  MOMENT_POLICIES,
+  TensorGaLoreState,
+  tensor_galore,
+  tensor_galore_adamw,
+)
 from tensor_galore_optax._tucker import TuckerSpec
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "MOMENT_POLICIES",
-    "REFRESH_METHODS",
-    "TensorGaLoreState",
-    "TuckerSpec",
-    "optimizer_state_bytes",
-    "optimizer_state_shardings",
-    "tensor_galore",
-    "tensor_galore_adamw",
-    "tree_bytes",
+  "MOMENT_POLICIES",
+  "REFRESH_METHODS",
+  "TensorGaLoreState",
+  "TuckerSpec",
+  "optimizer_state_bytes",
+  "optimizer_state_shardings",
+  "tensor_galore",
+  "tensor_galore_adamw",
+  "tree_bytes",
 )

@@ -18,9 +18,9 @@ def tree_bytes(tree: Any) -> int:
     144
   """
   return sum(
-      int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-      for leaf in jax.tree.leaves(tree)
-      if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    for leaf in jax.tree.leaves(tree)
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
   )
 
 

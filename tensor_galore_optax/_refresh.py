@@ -109,10 +109,10 @@ def _sequential(factor_fn) -> Callable:
 
 
 _COMPUTE = {
-    "svd": _independent(_svd_factor),
-    "eigh": _independent(_eigh_factor),
-    "sthosvd": _sequential(_eigh_factor),
-    "subspace": _sequential(_subspace_factor),
+  "svd": _independent(_svd_factor),
+  "eigh": _independent(_eigh_factor),
+  "sthosvd": _sequential(_eigh_factor),
+  "subspace": _sequential(_subspace_factor),
 }
 
 
@@ -131,10 +131,10 @@ def is_usable(tensor: jax.Array) -> jax.Array:
 
 
 def refresh_factors(
-    tensor: jax.Array,
-    previous: Factors,
-    method: str,
-    is_first: jax.Array | bool = False,
+  tensor: jax.Array,
+  previous: Factors,
+  method: str,
+  is_first: jax.Array | bool = False,
 ) -> Factors:
   """New factors for ``tensor`` (one axis per mode) by ``method``.
 
@@ -161,9 +161,9 @@ def refresh_factors(
     work = tensor.astype(dtype)
     if method == "subspace":
       factors = jax.lax.cond(
-          is_first,
-          lambda: _COMPUTE["sthosvd"](work, ranks, previous),
-          lambda: _COMPUTE["subspace"](work, ranks, previous),
+        is_first,
+        lambda: _COMPUTE["sthosvd"](work, ranks, previous),
+        lambda: _COMPUTE["subspace"](work, ranks, previous),
       )
     else:
       factors = _COMPUTE[method](work, ranks, previous)

@@ -50,7 +50,7 @@ def _axis_size(mesh, entry) -> int:
 
 
 def _core_sharding(
-    shape, param_shape, sharding: NamedSharding, shard_projected_axes: bool
+  shape, param_shape, sharding: NamedSharding, shard_projected_axes: bool
 ) -> NamedSharding:
   """The sharding of a state leaf of ``shape`` kept for a parameter of ``param_shape``."""
   mesh = sharding.mesh
@@ -74,11 +74,11 @@ def _core_sharding(
 
 
 def optimizer_state_shardings(
-    optimizer: optax.GradientTransformation,
-    params: Any,
-    param_shardings: Any = None,
-    *,
-    shard_projected_axes: bool = True,
+  optimizer: optax.GradientTransformation,
+  params: Any,
+  param_shardings: Any = None,
+  *,
+  shard_projected_axes: bool = True,
 ) -> Any:
   """Shardings for ``optimizer.init(params)``, computed from shapes only.
 
@@ -144,25 +144,23 @@ def optimizer_state_shardings(
     try:
       shardings = params_treedef.flatten_up_to(param_shardings)
     except (ValueError, TypeError) as e:
-      raise ValueError(
-          f"param_shardings do not match the params tree {params_treedef}: {e}"
-      ) from e
+      raise ValueError(f"param_shardings do not match the params tree {params_treedef}: {e}") from e
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   for path, sharding in zip(paths, shardings):
     if not isinstance(sharding, NamedSharding):
       raise TypeError(
-          f"the sharding of parameter {path} is {sharding!r}; optimizer_state_shardings "
-          "needs a jax.sharding.NamedSharding per parameter."
+        f"the sharding of parameter {path} is {sharding!r}; optimizer_state_shardings "
+        "needs a jax.sharding.NamedSharding per parameter."
       )
   if not shardings:
     raise ValueError(
-        "optimizer_state_shardings needs at least one parameter to take the mesh from."
+      "optimizer_state_shardings needs at least one parameter to take the mesh from."
     )
   meshes = {s.mesh for s in shardings}
   if len(meshes) != 1:
     raise ValueError(
-        "optimizer_state_shardings needs every parameter sharding on one mesh, got "
-        f"{len(meshes)} meshes."
+      "optimizer_state_shardings needs every parameter sharding on one mesh, got "
+      f"{len(meshes)} meshes."
     )
   mesh = shardings[0].mesh
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -176,10 +174,10 @@ def optimizer_state_shardings(
   def per_parameter(tree):
     leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_masked)
     out = [
-        leaf
-        if _is_masked(leaf)
-        else _core_sharding(leaf.shape, shape, sharding, shard_projected_axes)
-        for leaf, shape, sharding in zip(leaves, shapes, shardings)
+      leaf
+      if _is_masked(leaf)
+      else _core_sharding(leaf.shape, shape, sharding, shard_projected_axes)
+      for leaf, shape, sharding in zip(leaves, shapes, shardings)
     ]
     return treedef.unflatten(out)
 
@@ -187,16 +185,16 @@ def optimizer_state_shardings(
     def visit(x):
       if isinstance(x, TensorGaLoreState):
         return TensorGaLoreState(
-            count=replicated,
-            factors=jax.tree.map(lambda _: replicated, x.factors),
-            base_optimizer_state=assign(x.base_optimizer_state),
+          count=replicated,
+          factors=jax.tree.map(lambda _: replicated, x.factors),
+          base_optimizer_state=assign(x.base_optimizer_state),
         )
       if params_shaped(x):
         return per_parameter(x)
       return replicated
 
     return jax.tree.map(
-        visit, tree, is_leaf=lambda x: isinstance(x, TensorGaLoreState) or params_shaped(x)
+      visit, tree, is_leaf=lambda x: isinstance(x, TensorGaLoreState) or params_shaped(x)
     )
 
   return assign(jax.eval_shape(optimizer.init, params))

@@ -6,9 +6,8 @@ GaLore (Zhao et al., https://arxiv.org/abs/2403.03507) from matrices to tensors
 of any order, real or complex.
 """
 
-
 from collections.abc import Callable
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ MOMENT_POLICIES: tuple[str, ...] = ("keep", "reset", "rotate")
 
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
-SpecLike = Union[TuckerSpec, optax.Params, Callable[[optax.Params], Any], None]
+SpecLike = TuckerSpec | optax.Params | Callable[[optax.Params], Any] | None
 
 _FACTOR_DTYPES = {None: None, "float32": jnp.float32, "float64": jnp.float64}
 
@@ -59,7 +58,7 @@ def _factor_dtype(leaf_dtype, factor_dtype: str | None):
 
 
 def _plans(
-    tree: optax.Params, spec: SpecLike, rank: Rank, min_size: int
+  tree: optax.Params, spec: SpecLike, rank: Rank, min_size: int
 ) -> tuple[list[TuckerPlan | None], Any]:
   """Resolves one `TuckerPlan` (or None) per leaf of ``tree``; shapes only."""
   paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -67,13 +66,13 @@ def _plans(
     where = f"leaf {jax.tree_util.keystr(path)}"
     if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
       raise TypeError(
-          f"{where} is a {type(leaf).__name__}, not an array; tensor_galore needs array leaves."
+        f"{where} is a {type(leaf).__name__}, not an array; tensor_galore needs array leaves."
       )
     if not jnp.issubdtype(leaf.dtype, jnp.inexact):
       raise TypeError(
-          f"{where} has shape {tuple(leaf.shape)} and dtype {leaf.dtype}; tensor_galore trains "
-          "floating and complex parameters only. Keep integer and boolean arrays out of the "
-          "optimized tree (e.g. nnx.split(model, nnx.Param, ...)) or wrap with optax.masked."
+        f"{where} has shape {tuple(leaf.shape)} and dtype {leaf.dtype}; tensor_galore trains "
+        "floating and complex parameters only. Keep integer and boolean arrays out of the "
+        "optimized tree (e.g. nnx.split(model, nnx.Param, ...)) or wrap with optax.masked."
       )
 
   def eligible(leaf) -> bool:
@@ -89,12 +88,12 @@ def _plans(
       specs = treedef.flatten_up_to(spec_tree)
     except (ValueError, TypeError) as e:
       raise ValueError(
-          f"spec does not match the params tree (a TuckerSpec or None per leaf): {e}"
+        f"spec does not match the params tree (a TuckerSpec or None per leaf): {e}"
       ) from e
     for (path, _), s in zip(paths_and_leaves, specs):
       if not _is_spec_leaf(s):
         raise TypeError(
-            f"spec for leaf {jax.tree_util.keystr(path)} is {s!r}; expected a TuckerSpec or None."
+          f"spec for leaf {jax.tree_util.keystr(path)} is {s!r}; expected a TuckerSpec or None."
         )
 
   plans = []
@@ -123,8 +122,8 @@ def _map_moments(state, fn: Callable[[str, Any], Any]):
   """Applies ``fn(name, tree)`` to every ``mu``/``nu`` field found in ``state``."""
   if isinstance(state, tuple) and hasattr(state, "_fields"):
     values = {
-        f: fn(f, v) if f in ("mu", "nu") else _map_moments(v, fn)
-        for f, v in zip(state._fields, state)
+      f: fn(f, v) if f in ("mu", "nu") else _map_moments(v, fn)
+      for f, v in zip(state._fields, state)
     }
     return type(state)(**values)
   if isinstance(state, (tuple, list)):
@@ -139,16 +138,16 @@ def _has_moments(state) -> bool:
 
 
 def tensor_galore(
-    rank: Rank = 0.25,
-    *,
-    update_proj_gap: int = 200,
-    scale: jax.typing.ArrayLike = 1.0,
-    base_optimizer: optax.GradientTransformation | None = None,
-    min_size: int = 16_384,
-    spec: SpecLike = None,
-    refresh_method: str = "sthosvd",
-    moment_policy: str = "keep",
-    factor_dtype: str | None = None,
+  rank: Rank = 0.25,
+  *,
+  update_proj_gap: int = 200,
+  scale: jax.typing.ArrayLike = 1.0,
+  base_optimizer: optax.GradientTransformation | None = None,
+  min_size: int = 16_384,
+  spec: SpecLike = None,
+  refresh_method: str = "sthosvd",
+  moment_policy: str = "keep",
+  factor_dtype: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -255,27 +254,25 @@ def tensor_galore(
     raise ValueError(f"min_size must be a non-negative int, got {min_size!r}.")
   if refresh_method not in _refresh.REFRESH_METHODS:
     raise ValueError(
-        f"refresh_method must be one of {_refresh.REFRESH_METHODS}, got {refresh_method!r}."
+      f"refresh_method must be one of {_refresh.REFRESH_METHODS}, got {refresh_method!r}."
     )
   if moment_policy not in MOMENT_POLICIES:
     raise ValueError(f"moment_policy must be one of {MOMENT_POLICIES}, got {moment_policy!r}.")
   if factor_dtype not in _FACTOR_DTYPES:
-    raise ValueError(
-        f"factor_dtype must be None, 'float32' or 'float64', got {factor_dtype!r}."
-    )
+    raise ValueError(f"factor_dtype must be None, 'float32' or 'float64', got {factor_dtype!r}.")
   if base_optimizer is None:
     base_optimizer = optax.scale_by_adam()
   if not isinstance(base_optimizer, optax.GradientTransformation):
     raise TypeError(
-        f"base_optimizer must be an optax.GradientTransformation, got {base_optimizer!r}."
+      f"base_optimizer must be an optax.GradientTransformation, got {base_optimizer!r}."
     )
   base = optax.with_extra_args_support(base_optimizer)
 
   def cores_like(plans, leaves):
     """Zeros shaped like the tree the base optimizer sees, one per leaf."""
     return [
-        jnp.zeros(leaf.shape if p is None else p.core_shape, leaf.dtype)
-        for p, leaf in zip(plans, leaves)
+      jnp.zeros(leaf.shape if p is None else p.core_shape, leaf.dtype)
+      for p, leaf in zip(plans, leaves)
     ]
 
   def init_fn(params: optax.Params) -> TensorGaLoreState:
@@ -286,13 +283,12 @@ def tensor_galore(
     plans, treedef = _plans(params, spec, rank, min_size)
     leaves = treedef.flatten_up_to(params)
     factors = [
-        ()
-        if p is None
-        else tuple(
-            jnp.eye(i, r, dtype=_factor_dtype(leaf.dtype, factor_dtype))
-            for i, r in p.factor_shapes
-        )
-        for p, leaf in zip(plans, leaves)
+      ()
+      if p is None
+      else tuple(
+        jnp.eye(i, r, dtype=_factor_dtype(leaf.dtype, factor_dtype)) for i, r in p.factor_shapes
+      )
+      for p, leaf in zip(plans, leaves)
     ]
     cores = treedef.unflatten(cores_like(plans, leaves))
     base_state = base.init(cores)
@@ -308,33 +304,31 @@ def tensor_galore(
       # shardings of the inputs.
       out_shardings = jax.tree.map(lambda x: jax.typeof(x).sharding, (updates, state))
       return jax.sharding.auto_axes(
-          lambda u, s: _update(u, s, **extra_args), out_sharding=out_shardings
+        lambda u, s: _update(u, s, **extra_args), out_sharding=out_shardings
       )(updates, state)
     return _update(updates, state, **extra_args)
 
   def _update(updates, state, **extra_args):
     if not jax.tree.leaves(updates):
-      new_updates, base_state = base.update(
-          updates, state.base_optimizer_state, None, **extra_args
-      )
+      new_updates, base_state = base.update(updates, state.base_optimizer_state, None, **extra_args)
       return new_updates, TensorGaLoreState(
-          optax.safe_increment(state.count), state.factors, base_state
+        optax.safe_increment(state.count), state.factors, base_state
       )
     plans, treedef = _plans(updates, spec, rank, min_size)
     grads = treedef.flatten_up_to(updates)
     _check_moment_shapes(updates, treedef, plans, state.base_optimizer_state)
     old_factors = [
-        dict(zip(p.projected_modes, f)) if p is not None else {}
-        for p, f in zip(plans, _factors_per_leaf(updates, treedef, plans, state.factors))
+      dict(zip(p.projected_modes, f)) if p is not None else {}
+      for p, f in zip(plans, _factors_per_leaf(updates, treedef, plans, state.factors))
     ]
     tensors = [g if p is None else p.to_tensor(g) for p, g in zip(plans, grads)]
 
     def refresh():
       new_factors = [
-          _refresh.refresh_factors(t, f, refresh_method, is_first=state.count == 0)
-          if p is not None
-          else {}
-          for p, t, f in zip(plans, tensors, old_factors)
+        _refresh.refresh_factors(t, f, refresh_method, is_first=state.count == 0)
+        if p is not None
+        else {}
+        for p, t, f in zip(plans, tensors, old_factors)
       ]
       base_state = state.base_optimizer_state
       if moment_policy == "reset":
@@ -344,17 +338,15 @@ def tensor_galore(
       return new_factors, base_state
 
     factors, base_state = jax.lax.cond(
-        state.count % update_proj_gap == 0,
-        refresh,
-        lambda: (old_factors, state.base_optimizer_state),
+      state.count % update_proj_gap == 0,
+      refresh,
+      lambda: (old_factors, state.base_optimizer_state),
     )
     cores = [
-        t if p is None else _tucker.project(t.astype(_promote(t, f)), f).astype(t.dtype)
-        for p, t, f in zip(plans, tensors, factors)
+      t if p is None else _tucker.project(t.astype(_promote(t, f)), f).astype(t.dtype)
+      for p, t, f in zip(plans, tensors, factors)
     ]
-    core_updates, base_state = base.update(
-        treedef.unflatten(cores), base_state, None, **extra_args
-    )
+    core_updates, base_state = base.update(treedef.unflatten(cores), base_state, None, **extra_args)
     new_updates = []
     for p, u, f, g in zip(plans, treedef.flatten_up_to(core_updates), factors, grads):
       if p is not None:
@@ -362,7 +354,7 @@ def tensor_galore(
       new_updates.append((scale * u).astype(g.dtype))
     new_factors = [tuple(f[n] for n in sorted(f)) for f in factors]
     return treedef.unflatten(new_updates), TensorGaLoreState(
-        optax.safe_increment(state.count), treedef.unflatten(new_factors), base_state
+      optax.safe_increment(state.count), treedef.unflatten(new_factors), base_state
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -383,7 +375,7 @@ def _factors_per_leaf(updates, treedef, plans, factors) -> list[tuple]:
     per_leaf = treedef.flatten_up_to(factors)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"updates do not match the tree tensor_galore was initialised with: {e}"
+      f"updates do not match the tree tensor_galore was initialised with: {e}"
     ) from e
   paths_and_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
   for (path, leaf), plan, leaf_factors in zip(paths_and_leaves, plans, per_leaf):
@@ -391,9 +383,9 @@ def _factors_per_leaf(updates, treedef, plans, factors) -> list[tuple]:
     held = tuple(tuple(u.shape) for u in leaf_factors)
     if tuple(wanted) != held:
       raise ValueError(
-          f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} needs "
-          f"factors {tuple(wanted)} but the state holds {held}; was the state initialised for "
-          "other params?"
+        f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} needs "
+        f"factors {tuple(wanted)} but the state holds {held}; was the state initialised for "
+        "other params?"
       )
   return per_leaf
 
@@ -407,9 +399,9 @@ def _check_moment_shapes(updates, treedef, plans, base_state) -> None:
       core_shape = tuple(leaf.shape) if plan is None else plan.core_shape
       if hasattr(moment, "shape") and tuple(moment.shape) != core_shape:
         raise ValueError(
-            f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} has "
-            f"a core of shape {core_shape} but the state's `{name}` holds {tuple(moment.shape)}; "
-            "was the state initialised for other params?"
+          f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} has "
+          f"a core of shape {core_shape} but the state's `{name}` holds {tuple(moment.shape)}; "
+          "was the state initialised for other params?"
         )
     return tree
 
@@ -426,16 +418,16 @@ def _check_base_optimizer(base, cores, base_state, moment_policy: str) -> None:
     jax.eval_shape(lambda c, s: base.update(c, s, None), cores, base_state)
   except Exception as e:  # Any failure here means the base optimizer is unusable.
     raise ValueError(
-        "base_optimizer failed when called on the cores without params; it must not need "
-        "`params` (it sees core-shaped arrays). Use a gradient transformation such as "
-        "optax.scale_by_adam(), and put weight decay after tensor_galore: "
-        "optax.chain(tensor_galore(...), optax.add_decayed_weights(wd), "
-        f"optax.scale_by_learning_rate(lr)). The base optimizer raised: {e}"
+      "base_optimizer failed when called on the cores without params; it must not need "
+      "`params` (it sees core-shaped arrays). Use a gradient transformation such as "
+      "optax.scale_by_adam(), and put weight decay after tensor_galore: "
+      "optax.chain(tensor_galore(...), optax.add_decayed_weights(wd), "
+      f"optax.scale_by_learning_rate(lr)). The base optimizer raised: {e}"
     ) from e
   if moment_policy == "rotate" and not _has_moments(base_state):
     raise ValueError(
-        "moment_policy='rotate' transports the base optimizer's `mu`/`nu` fields, but its "
-        "state has none; use moment_policy='keep' or 'reset'."
+      "moment_policy='rotate' transports the base optimizer's `mu`/`nu` fields, but its "
+      "state has none; use moment_policy='keep' or 'reset'."
     )
 
 
@@ -466,24 +458,24 @@ def _rotate_moments(base_state, treedef, plans, old_factors, new_factors):
 
 
 def tensor_galore_adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    rank: Rank = 0.25,
-    *,
-    update_proj_gap: int = 200,
-    min_size: int = 16_384,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    mu_dtype: str | None = None,
-    weight_decay: optax.ScalarOrSchedule = 1e-4,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
-    scale: jax.typing.ArrayLike = 1.0,
-    spec: SpecLike = None,
-    refresh_method: str = "sthosvd",
-    moment_policy: str = "keep",
-    factor_dtype: str | None = None,
-    nesterov: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  rank: Rank = 0.25,
+  *,
+  update_proj_gap: int = 200,
+  min_size: int = 16_384,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  mu_dtype: str | None = None,
+  weight_decay: optax.ScalarOrSchedule = 1e-4,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  scale: jax.typing.ArrayLike = 1.0,
+  spec: SpecLike = None,
+  refresh_method: str = "sthosvd",
+  moment_policy: str = "keep",
+  factor_dtype: str | None = None,
+  nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -543,19 +535,19 @@ def tensor_galore_adamw(
     https://arxiv.org/abs/1711.05101), 2019.
   """
   return optax.chain(
-      tensor_galore(
-          rank,
-          update_proj_gap=update_proj_gap,
-          scale=scale,
-          base_optimizer=optax.scale_by_adam(
-              b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
-          ),
-          min_size=min_size,
-          spec=spec,
-          refresh_method=refresh_method,
-          moment_policy=moment_policy,
-          factor_dtype=factor_dtype,
+    tensor_galore(
+      rank,
+      update_proj_gap=update_proj_gap,
+      scale=scale,
+      base_optimizer=optax.scale_by_adam(
+        b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
       ),
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+      min_size=min_size,
+      spec=spec,
+      refresh_method=refresh_method,
+      moment_policy=moment_policy,
+      factor_dtype=factor_dtype,
+    ),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 # An int: the rank of every projected mode. A float in (0, 1]: the fraction of
 # the tensor's entries that the core keeps at least. A tuple: one entry per
 # mode, an int (rank), a float (fraction of that mode) or None (not projected).
-Rank = Union[int, float, Sequence[Union[int, float, None]]]
+Rank = int | float | Sequence[int | float | None]
 
 
 class TuckerSpec(NamedTuple):
@@ -43,7 +43,7 @@ class TuckerSpec(NamedTuple):
       selects.
   """
 
-  modes: Sequence[Union[int, Sequence[int]]] | None = None
+  modes: Sequence[int | Sequence[int]] | None = None
   rank: Rank | None = None
   num_projected: int | None = None
 
@@ -122,7 +122,7 @@ class TuckerPlan:
 
 
 def _normalize_modes(
-    modes: Sequence[int | Sequence[int]] | None, ndim: int, where: str
+  modes: Sequence[int | Sequence[int]] | None, ndim: int, where: str
 ) -> tuple[tuple[int, ...], ...]:
   """Checks that ``modes`` partitions the axes; returns non-negative groups."""
   if modes is None:
@@ -177,7 +177,7 @@ def _mode_rank(entry: int | float, size: int, cap: int) -> int:
 
 
 def resolve_ranks(
-    rank: Rank, mode_sizes: Sequence[int], num_projected: int | None, where: str
+  rank: Rank, mode_sizes: Sequence[int], num_projected: int | None, where: str
 ) -> tuple[int | None, ...]:
   """Per-mode ranks ``R_n`` (``None`` = not projected) for one tensor.
 
@@ -192,11 +192,11 @@ def resolve_ranks(
       raise ValueError(f"{where}: give either a per-mode rank tuple or num_projected, not both.")
     if len(rank) != n_modes:
       raise ValueError(
-          f"{where}: rank={tuple(rank)!r} has {len(rank)} entries but the tensor has "
-          f"{n_modes} modes of sizes {tuple(mode_sizes)}."
+        f"{where}: rank={tuple(rank)!r} has {len(rank)} entries but the tensor has "
+        f"{n_modes} modes of sizes {tuple(mode_sizes)}."
       )
     return tuple(
-        None if r is None else _mode_rank(r, i, c) for r, i, c in zip(rank, mode_sizes, caps)
+      None if r is None else _mode_rank(r, i, c) for r, i, c in zip(rank, mode_sizes, caps)
     )
   if num_projected is None:
     chosen = set(range(n_modes))
@@ -204,8 +204,8 @@ def resolve_ranks(
     _check_int(num_projected, "num_projected", where)
     if num_projected > n_modes:
       raise ValueError(
-          f"{where}: num_projected={num_projected} exceeds the {n_modes} modes of sizes "
-          f"{tuple(mode_sizes)}."
+        f"{where}: num_projected={num_projected} exceeds the {n_modes} modes of sizes "
+        f"{tuple(mode_sizes)}."
       )
     by_size = sorted(range(n_modes), key=lambda n: (-mode_sizes[n], n))
     chosen = set(by_size[:num_projected])
@@ -214,12 +214,12 @@ def resolve_ranks(
     # keeps at least `rank` of the entries.
     per_mode = rank ** (1.0 / len(chosen))
     return tuple(
-        _mode_rank(per_mode, i, c) if n in chosen else None
-        for n, (i, c) in enumerate(zip(mode_sizes, caps))
+      _mode_rank(per_mode, i, c) if n in chosen else None
+      for n, (i, c) in enumerate(zip(mode_sizes, caps))
     )
   return tuple(
-      _mode_rank(rank, i, c) if n in chosen else None
-      for n, (i, c) in enumerate(zip(mode_sizes, caps))
+    _mode_rank(rank, i, c) if n in chosen else None
+    for n, (i, c) in enumerate(zip(mode_sizes, caps))
   )
 
 
@@ -233,8 +233,8 @@ def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where:
   rank = default_rank if spec.rank is None else spec.rank
   ranks = resolve_ranks(rank, mode_sizes, spec.num_projected, where)
   return TuckerPlan(
-      shape=shape,
-      permutation=tuple(a for g in groups for a in g),
-      mode_sizes=mode_sizes,
-      ranks=ranks,
+    shape=shape,
+    permutation=tuple(a for g in groups for a in g),
+    mode_sizes=mode_sizes,
+    ranks=ranks,
   )

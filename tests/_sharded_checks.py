@@ -39,13 +39,13 @@ BATCH = 64
 REL_TOL = {jnp.float32: 1e-4, jnp.float64: 1e-10}
 
 SPEC = {
-    # core (8, 12, 6, 3): dimension 0 stays divisible by 8, so it stays sharded.
-    "spectral": TuckerSpec(rank=(8, 12, 6, 3)),
-    # Matrix GaLore (one side): core (8, 16), sharded like the weight's rows.
-    "dense": TuckerSpec(rank=8, num_projected=1),
-    # core (12, 6, 5): 12 is not divisible by 8, so the core is replicated.
-    "mix": TuckerSpec(rank=(12, 6, 5)),
-    "bias": None,
+  # core (8, 12, 6, 3): dimension 0 stays divisible by 8, so it stays sharded.
+  "spectral": TuckerSpec(rank=(8, 12, 6, 3)),
+  # Matrix GaLore (one side): core (8, 16), sharded like the weight's rows.
+  "dense": TuckerSpec(rank=8, num_projected=1),
+  # core (12, 6, 5): 12 is not divisible by 8, so the core is replicated.
+  "mix": TuckerSpec(rank=(12, 6, 5)),
+  "bias": None,
 }
 
 
@@ -69,30 +69,30 @@ def _problem(dtype=jnp.float32):
   """Params, a teacher of the ranks above (so refreshes are well conditioned) and data."""
   ks = jax.random.split(jax.random.key(0), 10)
   teacher = {
-      "spectral": 4 * _tucker(ks[0], (8, 12, 6, 3), (16, 16, 8, 5), True),
-      "dense": 4 * _tucker(ks[1], (8, 8), (32, 16), False),
-      "mix": 4 * _tucker(ks[2], (12, 6, 5), (16, 12, 10), False),
-      "bias": jax.random.normal(ks[3], (32,)),
+    "spectral": 4 * _tucker(ks[0], (8, 12, 6, 3), (16, 16, 8, 5), True),
+    "dense": 4 * _tucker(ks[1], (8, 8), (32, 16), False),
+    "mix": 4 * _tucker(ks[2], (12, 6, 5), (16, 12, 10), False),
+    "bias": jax.random.normal(ks[3], (32,)),
   }
   params = {
-      "spectral": 0.1 * _complex_normal(ks[4], (16, 16, 8, 5)),
-      "dense": 0.1 * jax.random.normal(ks[5], (32, 16)),
-      "mix": 0.1 * jax.random.normal(ks[6], (16, 12, 10)),
-      "bias": jnp.zeros(32),
+    "spectral": 0.1 * _complex_normal(ks[4], (16, 16, 8, 5)),
+    "dense": 0.1 * jax.random.normal(ks[5], (32, 16)),
+    "mix": 0.1 * jax.random.normal(ks[6], (16, 12, 10)),
+    "bias": jnp.zeros(32),
   }
   x = jax.random.normal(ks[7], (BATCH, 16))
   complex_dtype = jnp.result_type(dtype, jnp.complex64)
   params, teacher, x = jax.tree.map(
-      lambda a: a.astype(complex_dtype if jnp.iscomplexobj(a) else dtype), (params, teacher, x)
+    lambda a: a.astype(complex_dtype if jnp.iscomplexobj(a) else dtype), (params, teacher, x)
   )
   return params, x, _predict(teacher, x)
 
 
 def _predict(p, x):
   return (
-      jnp.einsum("bi,iojk->bojk", x.astype(p["spectral"].dtype), p["spectral"]),
-      x @ p["dense"].T + p["bias"],
-      jnp.einsum("bi,ijk->bjk", x, p["mix"]),
+    jnp.einsum("bi,iojk->bojk", x.astype(p["spectral"].dtype), p["spectral"]),
+    x @ p["dense"].T + p["bias"],
+    jnp.einsum("bi,ijk->bjk", x, p["mix"]),
   )
 
 
@@ -131,13 +131,13 @@ def _reference(dtype=jnp.float32):
 def _assert_close(tree, reference, dtype=jnp.float32):
   """Equal up to REL_TOL of each leaf's largest magnitude (Adam's moments are tiny)."""
   for path, a, b in zip(
-      jax.tree_util.tree_flatten_with_path(reference)[0],
-      jax.tree.leaves(tree),
-      jax.tree.leaves(reference),
+    jax.tree_util.tree_flatten_with_path(reference)[0],
+    jax.tree.leaves(tree),
+    jax.tree.leaves(reference),
   ):
     scale = max(float(jnp.max(jnp.abs(b))), 1e-30) if b.size else 1.0
     chex.assert_trees_all_close(
-        a, b, atol=REL_TOL[dtype] * scale, rtol=0, custom_message=jax.tree_util.keystr(path[0])
+      a, b, atol=REL_TOL[dtype] * scale, rtol=0, custom_message=jax.tree_util.keystr(path[0])
     )
 
 
@@ -151,10 +151,10 @@ def _fsdp_setup(mesh, dtype=jnp.float32):
   params, x, ys = _problem(dtype)
   tx = _optimizer()
   param_shardings = {
-      "spectral": NamedSharding(mesh, P("fsdp")),
-      "dense": NamedSharding(mesh, P("fsdp")),
-      "mix": NamedSharding(mesh, P("fsdp")),
-      "bias": NamedSharding(mesh, P()),
+    "spectral": NamedSharding(mesh, P("fsdp")),
+    "dense": NamedSharding(mesh, P("fsdp")),
+    "mix": NamedSharding(mesh, P("fsdp")),
+    "bias": NamedSharding(mesh, P()),
   }
   return params, x, ys, tx, param_shardings
 
@@ -184,9 +184,9 @@ def _fsdp_run(dtype, ref):
   state = jax.jit(tx.init, out_shardings=state_shardings)(params)
   _assert_shardings(state, state_shardings)
   step = jax.jit(
-      _make_step(tx),
-      out_shardings=(param_shardings, state_shardings),
-      donate_argnums=(0, 1),
+    _make_step(tx),
+    out_shardings=(param_shardings, state_shardings),
+    donate_argnums=(0, 1),
   )
   for i in range(STEPS):
     params, state = step(params, state, x, ys)
@@ -238,7 +238,7 @@ def check_replicated_projected_axes_match(ref):
   mesh = Mesh(np.array(jax.devices()), ("fsdp",))
   params, x, ys, tx, param_shardings = _fsdp_setup(mesh)
   state_shardings = optimizer_state_shardings(
-      tx, params, param_shardings, shard_projected_axes=False
+    tx, params, param_shardings, shard_projected_axes=False
   )
   specs = {k: s.spec for k, s in state_shardings[0].base_optimizer_state.mu.items()}
   assert specs == {"spectral": P(), "dense": P(), "mix": P(), "bias": P()}, specs
@@ -258,12 +258,12 @@ def _collectives(hlo: str):
     if line and not line.startswith(" ") and line.rstrip().endswith("{"):
       computation = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
     m = re.search(
-        r"= (\(.*?\)|\w+\[[\d,]*\]\S*) (all-gather|all-reduce|reduce-scatter|all-to-all)\(", line
+      r"= (\(.*?\)|\w+\[[\d,]*\]\S*) (all-gather|all-reduce|reduce-scatter|all-to-all)\(", line
     )
     if m:
       size = sum(
-          itemsize.get(dt, 4) * _prod(dims)
-          for dt, dims in re.findall(r"(\w+)\[([\d,]*)\]", m.group(1))
+        itemsize.get(dt, 4) * _prod(dims)
+        for dt, dims in re.findall(r"(\w+)\[([\d,]*)\]", m.group(1))
       )
       found.append((computation, m.group(2), size))
   return found
@@ -289,27 +289,27 @@ def check_collectives_of_an_fsdp_step(ref):
   report = {}
   for shard_projected in (True, False):
     state_shardings = optimizer_state_shardings(
-        tx, shapes, shardings, shard_projected_axes=shard_projected
+      tx, shapes, shardings, shard_projected_axes=shard_projected
     )
     state = jax.eval_shape(tx.init, shapes)
     compiled = (
-        jax.jit(
-            tx.update,
-            in_shardings=(shardings, state_shardings, shardings),
-            out_shardings=(shardings, state_shardings),
-        )
-        .lower(shapes, state, shapes)
-        .compile()
-        .as_text()
+      jax.jit(
+        tx.update,
+        in_shardings=(shardings, state_shardings, shardings),
+        out_shardings=(shardings, state_shardings),
+      )
+      .lower(shapes, state, shapes)
+      .compile()
+      .as_text()
     )
     found = _collectives(compiled)
     step = [(op, b) for c, op, b in found if c == "ENTRY"]
     refresh = [(op, b) for c, op, b in found if c != "ENTRY"]
     report[shard_projected] = {
-        "step_bytes": sum(b for _, b in step),
-        "step_largest_all_gather": max([b for op, b in step if op == "all-gather"] or [0]),
-        "refresh_bytes": sum(b for _, b in refresh),
-        "gradient_bytes": grad_bytes,
+      "step_bytes": sum(b for _, b in step),
+      "step_largest_all_gather": max([b for op, b in step if op == "all-gather"] or [0]),
+      "refresh_bytes": sum(b for _, b in refresh),
+      "gradient_bytes": grad_bytes,
     }
     eigh_operands = re.findall(r"c64\[(\d+),(\d+)\][^\n]*custom_call_target=\"\w*heevd", compiled)
     assert eigh_operands, "no eigh found in the compiled refresh"
@@ -341,7 +341,7 @@ def check_orbax_restores_onto_the_helper_shardings(ref):
     abstract = {"params": abstract_params, "opt_state": jax.eval_shape(tx.init, abstract_params)}
     shardings = {"params": param_shardings, "opt_state": state_shardings}
     target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
     restored = checkpointer.restore(path, target)
   _assert_shardings(restored, shardings)

@@ -36,9 +36,7 @@ def test_taylor_green_decays_at_the_exact_rate(x64, tol):
   with jax.enable_x64(x64):
     dtype = jnp.float64 if x64 else jnp.float32
     w0 = _taylor_green(16, dtype)
-    w = data.navier_stokes(
-        w0, viscosity=nu, dt=dt, n_steps=n_steps, n_snapshots=4, forcing=False
-    )
+    w = data.navier_stokes(w0, viscosity=nu, dt=dt, n_steps=n_steps, n_snapshots=4, forcing=False)
     assert w.dtype == dtype and w.shape == (16, 16, 4)
     times = dt * n_steps * np.arange(1, 5) / 4
     exact = np.asarray(w0)[..., None] * np.exp(-8 * np.pi**2 * nu * times)
@@ -50,9 +48,9 @@ def test_forcing_drives_its_mode_to_the_exact_solution():
   # w(t) = f (1 - exp(-nu L t)) / (nu L) with L = 8 pi^2, exactly.
   nu, dt, n_steps = 1e-2, 5e-4, 2000
   with jax.enable_x64(True):
-    w = data.navier_stokes(
-        jnp.zeros((16, 16), jnp.float64), viscosity=nu, dt=dt, n_steps=n_steps
-    )[..., -1]
+    w = data.navier_stokes(jnp.zeros((16, 16), jnp.float64), viscosity=nu, dt=dt, n_steps=n_steps)[
+      ..., -1
+    ]
     decay = nu * 8 * np.pi**2
     exact = data.benchmark_forcing(16, jnp.float64) * -np.expm1(-decay * dt * n_steps) / decay
     np.testing.assert_allclose(np.asarray(w), np.asarray(exact), rtol=0, atol=1e-8)
@@ -153,8 +151,14 @@ def test_trajectory_stores_snapshots_as_channels():
 def test_a_step_above_the_stability_bound_warns():
   with pytest.warns(RuntimeWarning, match="stability bound"):
     data.generate(
-        "navier_stokes", n_train=1, n_test=1, resolution=16, viscosity=1e-5, dt=0.05,
-        t_final=0.05, verbose=False,
+      "navier_stokes",
+      n_train=1,
+      n_test=1,
+      resolution=16,
+      viscosity=1e-5,
+      dt=0.05,
+      t_final=0.05,
+      verbose=False,
     )
 
 
@@ -164,10 +168,10 @@ def test_a_step_above_the_stability_bound_warns():
 def _arrays(n_train=3, n_test=2, s=8):
   rng = np.random.default_rng(0)
   return {
-      "x_train": rng.random((n_train, s, s)),
-      "y_train": rng.random((n_train, s, s)),
-      "x_test": rng.random((n_test, s, s)),
-      "y_test": rng.random((n_test, s, s, 2)),
+    "x_train": rng.random((n_train, s, s)),
+    "y_train": rng.random((n_train, s, s)),
+    "x_test": rng.random((n_test, s, s)),
+    "y_test": rng.random((n_test, s, s, 2)),
   }
 
 
@@ -181,16 +185,16 @@ def test_load_dataset_ignores_other_keys_and_casts(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key, edit",
-    [
-        ("y_test", lambda d: d.pop("y_test")),
-        ("x_train", lambda d: d.update(x_train=d["x_train"][0])),
-        ("y_train", lambda d: d.update(y_train=d["y_train"][:2])),
-        ("y_test", lambda d: d.update(y_test=d["y_test"][:, :4])),
-        ("x_test", lambda d: d["x_test"].__setitem__((0, 0, 0), np.nan)),
-        ("x_train", lambda d: d.update(x_train=d["x_train"].astype(complex))),
-    ],
-    ids=["missing", "ndim", "n_mismatch", "spatial_mismatch", "nan", "complex"],
+  "key, edit",
+  [
+    ("y_test", lambda d: d.pop("y_test")),
+    ("x_train", lambda d: d.update(x_train=d["x_train"][0])),
+    ("y_train", lambda d: d.update(y_train=d["y_train"][:2])),
+    ("y_test", lambda d: d.update(y_test=d["y_test"][:, :4])),
+    ("x_test", lambda d: d["x_test"].__setitem__((0, 0, 0), np.nan)),
+    ("x_train", lambda d: d.update(x_train=d["x_train"].astype(complex))),
+  ],
+  ids=["missing", "ndim", "n_mismatch", "spatial_mismatch", "nan", "complex"],
 )
 def test_load_dataset_rejects_bad_arrays(tmp_path, key, edit):
   arrays = _arrays()
@@ -231,7 +235,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_load_dataset_reads_neuraloperator_pt_files(monkeypatch, tmp_path):
   splits = {"train.pt": _arrays(), "test.pt": _arrays()}
   contents = {
-      str(tmp_path / name): {"x": a["x_train"], "y": a["y_train"]} for name, a in splits.items()
+    str(tmp_path / name): {"x": a["x_train"], "y": a["y_train"]} for name, a in splits.items()
   }
   fake_torch = types.SimpleNamespace(load=lambda path, **_: contents[str(path)])
   monkeypatch.setitem(sys.modules, "torch", fake_torch)
@@ -317,18 +321,18 @@ _NS = ["navier_stokes", *_SIZES]
 
 
 @pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["burgers", *_SIZES, "--resolution", "16", *_OUT], "invalid choice"),
-        ([*_NS, "--n-train", "0", "--resolution", "16", *_OUT], "n_train"),
-        ([*_NS, "--resolution", "-4", *_OUT], "resolution"),
-        ([*_NS, "--resolution", "16", "--viscosity", "0", *_OUT], "viscosity"),
-        ([*_NS, "--resolution", "24", "--solve-resolution", "64", *_OUT], "divide"),
-        (["darcy", *_SIZES, "--resolution", "9", "--solve-resolution", "20", *_OUT], "divide"),
-        (["darcy", *_SIZES, "--resolution", "9", "--out", "missing/d.npz"], "directory"),
-        (["check", "garbage.npz"], "not an .npz"),
-        (["check", "flat.npz"], "shape"),
-    ],
+  "argv, message",
+  [
+    (["burgers", *_SIZES, "--resolution", "16", *_OUT], "invalid choice"),
+    ([*_NS, "--n-train", "0", "--resolution", "16", *_OUT], "n_train"),
+    ([*_NS, "--resolution", "-4", *_OUT], "resolution"),
+    ([*_NS, "--resolution", "16", "--viscosity", "0", *_OUT], "viscosity"),
+    ([*_NS, "--resolution", "24", "--solve-resolution", "64", *_OUT], "divide"),
+    (["darcy", *_SIZES, "--resolution", "9", "--solve-resolution", "20", *_OUT], "divide"),
+    (["darcy", *_SIZES, "--resolution", "9", "--out", "missing/d.npz"], "directory"),
+    (["check", "garbage.npz"], "not an .npz"),
+    (["check", "flat.npz"], "shape"),
+  ],
 )
 def test_cli_bad_input_exits_with_2(tmp_path, monkeypatch, capsys, argv, message):
   monkeypatch.chdir(tmp_path)

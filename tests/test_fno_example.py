@@ -19,11 +19,26 @@ import pytest
 from examples.fno import compare, configs, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--width", "8", "--modes", "4", "--batch-size", "8", "--eval-batch-size", "8",
-        "--no-progress"]
+TINY = [
+  "--width",
+  "8",
+  "--modes",
+  "4",
+  "--batch-size",
+  "8",
+  "--eval-batch-size",
+  "8",
+  "--no-progress",
+]
 METRIC_KEYS = (
-    "test_rel_l2", "train_rel_l2", "identity_rel_l2", "optimizer_state_bytes", "params_bytes",
-    "step_seconds", "epochs", "wall_seconds",
+  "test_rel_l2",
+  "train_rel_l2",
+  "identity_rel_l2",
+  "optimizer_state_bytes",
+  "params_bytes",
+  "step_seconds",
+  "epochs",
+  "wall_seconds",
 )
 
 
@@ -77,15 +92,15 @@ def _write(path, **arrays):
 
 
 @pytest.mark.parametrize(
-    "case, message",
-    [
-        ("missing_file", "absent.npz"),
-        ("missing_key", "missing key 'y_test'"),
-        ("mismatched", "spatial shape"),
-        ("nan", "non-finite"),
-        ("optimizer", "invalid choice"),
-        ("mesh", "invalid --mesh"),
-    ],
+  "case, message",
+  [
+    ("missing_file", "absent.npz"),
+    ("missing_key", "missing key 'y_test'"),
+    ("mismatched", "spatial shape"),
+    ("nan", "non-finite"),
+    ("optimizer", "invalid choice"),
+    ("mesh", "invalid --mesh"),
+  ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, case, message):
   x = np.ones((4, 8, 8), np.float32)
@@ -121,8 +136,15 @@ def test_resume_continues_bit_identically(tiny_npz, tmp_path):
   # the projected moments, the step count and the shuffling key all have to
   # survive the restart.
   config = configs.Config(
-      data=str(tiny_npz), optimizer="tensor_galore", epochs=2, update_proj_gap=3, width=8,
-      modes=4, batch_size=8, eval_batch_size=8, progress=False,
+    data=str(tiny_npz),
+    optimizer="tensor_galore",
+    epochs=2,
+    update_proj_gap=3,
+    width=8,
+    modes=4,
+    batch_size=8,
+    eval_batch_size=8,
+    progress=False,
   )
   straight = tmp_path / "straight"
   train.train_and_evaluate(dataclasses.replace(config, out=str(straight)))
@@ -133,9 +155,7 @@ def test_resume_continues_bit_identically(tiny_npz, tmp_path):
   shutil.copytree(straight, interrupted)
   shutil.rmtree(interrupted / "checkpoints" / "2")
   (interrupted / "metrics.json").unlink()
-  resumed = train.train_and_evaluate(
-      dataclasses.replace(config, out=str(interrupted), resume=True)
-  )
+  resumed = train.train_and_evaluate(dataclasses.replace(config, out=str(interrupted), resume=True))
 
   assert [h["epoch"] for h in resumed["history"]] == [1, 2]
   for a, b in zip(_final_params(straight, 2), _final_params(interrupted, 2), strict=True):
@@ -144,15 +164,36 @@ def test_resume_continues_bit_identically(tiny_npz, tmp_path):
 
 def test_mesh_runs_data_parallel_and_fsdp(tiny_npz, tmp_path):
   # JAX fixes its device count at start-up: 4 CPU devices need a new process.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   out = tmp_path / "mesh"
-  argv = ["--data", str(tiny_npz), "--optimizer", "tensor_galore", "--epochs", "1",
-          "--mesh", "data=2,fsdp=2", "--width", "16", "--modes", "4", "--batch-size", "8",
-          "--eval-batch-size", "8", "--no-progress", "--out", str(out)]
+  argv = [
+    "--data",
+    str(tiny_npz),
+    "--optimizer",
+    "tensor_galore",
+    "--epochs",
+    "1",
+    "--mesh",
+    "data=2,fsdp=2",
+    "--width",
+    "16",
+    "--modes",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "8",
+    "--no-progress",
+    "--out",
+    str(out),
+  ]
   result = subprocess.run(
-      [sys.executable, str(ROOT / "examples/fno/train.py"), *argv],
-      env=env, capture_output=True, text=True, timeout=300, check=False,
+    [sys.executable, str(ROOT / "examples/fno/train.py"), *argv],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())
@@ -170,7 +211,8 @@ def test_compare_writes_one_table_and_figure(tiny_npz, tmp_path):
   assert rows[0]["state_ratio"] == 1.0
   assert rows[2]["rank"] == 0.5 and rows[1]["tensor_rank"] == 0.5
   # GaLore's rank is matched to Tensor-GaLore's state size.
-  assert rows[1]["optimizer_state_bytes"] == pytest.approx(rows[2]["optimizer_state_bytes"],
-                                                           rel=0.25)
+  assert rows[1]["optimizer_state_bytes"] == pytest.approx(
+    rows[2]["optimizer_state_bytes"], rel=0.25
+  )
   assert "| tensor_galore |" in (out / "compare.md").read_text()
   assert (out / "compare.png").stat().st_size > 0

@@ -11,9 +11,9 @@ from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw, tree
 
 def test_tensor_galore_adamw_state_bytes_match_the_shapes():
   params = {
-      "spectral": jax.ShapeDtypeStruct((64, 64, 64, 33), jnp.complex64),
-      "dense": jax.ShapeDtypeStruct((256, 128), jnp.float32),
-      "bias": jax.ShapeDtypeStruct((128,), jnp.float32),
+    "spectral": jax.ShapeDtypeStruct((64, 64, 64, 33), jnp.complex64),
+    "dense": jax.ShapeDtypeStruct((256, 128), jnp.float32),
+    "bias": jax.ShapeDtypeStruct((128,), jnp.float32),
   }
   # Hand calculation. rank 0.25: each of N modes keeps ceil(I_n * 0.25 ** (1 / N)).
   # Matrices are projected on their larger side only, keeping the fraction.
@@ -21,11 +21,11 @@ def test_tensor_galore_adamw_state_bytes_match_the_shapes():
   dense_core = (64, 128)  # ceil(256 * 0.25); the 128 side is not projected
   complex_bytes, real_bytes = 8, 4
   factors = (
-      sum(i * r for i, r in zip((64, 64, 64, 33), spectral_core)) * complex_bytes
-      + 256 * 64 * real_bytes
+    sum(i * r for i, r in zip((64, 64, 64, 33), spectral_core)) * complex_bytes
+    + 256 * 64 * real_bytes
   )
   moments = 2 * (
-      math.prod(spectral_core) * complex_bytes + math.prod(dense_core) * real_bytes + 128 * real_bytes
+    math.prod(spectral_core) * complex_bytes + math.prod(dense_core) * real_bytes + 128 * real_bytes
   )
   counters = 2 * 4  # tensor_galore's count and Adam's count, int32
   expected = factors + moments + counters

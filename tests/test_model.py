@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from examples.fno import losses
-from examples.fno import model
+from examples.fno import losses, model
 
 
 def _rngs(seed):
@@ -64,8 +63,9 @@ def test_fno_output_shape(resolution):
 
 
 def test_spectral_weight_is_one_complex_param():
-  fno = nnx.eval_shape(lambda: model.FNO(
-      1, 1, modes=(16, 16), width=8, n_layers=2, rngs=nnx.Rngs(0)))
+  fno = nnx.eval_shape(
+    lambda: model.FNO(1, 1, modes=(16, 16), width=8, n_layers=2, rngs=nnx.Rngs(0))
+  )
   spectral = fno.blocks[0].spectral
   assert isinstance(spectral.weight, nnx.Param)
   assert spectral.weight.dtype == jnp.complex64
@@ -73,17 +73,16 @@ def test_spectral_weight_is_one_complex_param():
 
 
 @pytest.mark.parametrize(
-    "name, weight_shape, num_params",
-    [
-        ("small", (32, 32, 16, 9), 1_192_673),
-        ("ns128", (64, 64, 64, 33), 69_265_089),
-        ("darcy", (24, 24, 8, 5), 191_785),
-    ],
+  "name, weight_shape, num_params",
+  [
+    ("small", (32, 32, 16, 9), 1_192_673),
+    ("ns128", (64, 64, 64, 33), 69_265_089),
+    ("darcy", (24, 24, 8, 5), 191_785),
+  ],
 )
 def test_presets(name, weight_shape, num_params):
   # Abstract initialisation keeps the 69M-parameter ns128 model cheap.
-  fno = nnx.eval_shape(
-      lambda: model.PRESETS[name].make(1, 1, rngs=nnx.Rngs(0)))
+  fno = nnx.eval_shape(lambda: model.PRESETS[name].make(1, 1, rngs=nnx.Rngs(0)))
   for block in fno.blocks:
     assert block.spectral.weight.shape == weight_shape
     assert block.spectral.weight.dtype == jnp.complex64
@@ -95,31 +94,32 @@ def test_clip_modes():
   assert model.clip_modes((64, 64), (32, 48)) == (32, 48)
   # An odd grid of 63 keeps 63 // 2 + 1 = 32 real-FFT frequencies.
   assert model.kept_modes(model.clip_modes((64, 64), (63, 63))) == (63, 32)
-  fno = nnx.eval_shape(lambda: model.PRESETS["ns128"].make(
-      1, 1, resolution=(32, 32), rngs=nnx.Rngs(0)))
+  fno = nnx.eval_shape(
+    lambda: model.PRESETS["ns128"].make(1, 1, resolution=(32, 32), rngs=nnx.Rngs(0))
+  )
   assert fno.blocks[0].spectral.weight.shape == (64, 64, 32, 17)
 
 
 @pytest.mark.parametrize(
-    "modes, resolution",
-    [
-        ((6, 6), (12, 10)),  # Even mode counts.
-        ((5, 7), (12, 11)),  # Odd mode counts.
-        ((1, 2), (8, 8)),  # No negative frequencies along H.
-        ((9, 12), (6, 7)),  # Grid coarser than the weight: modes are clipped.
-    ],
+  "modes, resolution",
+  [
+    ((6, 6), (12, 10)),  # Even mode counts.
+    ((5, 7), (12, 11)),  # Odd mode counts.
+    ((1, 2), (8, 8)),  # No negative frequencies along H.
+    ((9, 12), (6, 7)),  # Grid coarser than the weight: modes are clipped.
+  ],
 )
 def test_spectral_conv_matches_numpy_reference(modes, resolution):
   conv = model.SpectralConv2d(3, 4, modes, rngs=_rngs(1))
   x = _normal(0, (2, *resolution, 3))
   expected = _spectral_conv_reference(
-      np.asarray(x, np.float64), np.asarray(conv.weight[...], np.complex128))
+    np.asarray(x, np.float64), np.asarray(conv.weight[...], np.complex128)
+  )
   np.testing.assert_allclose(_call(conv, x), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("resolution", [(8, 6), (7, 5)])
-def test_spectral_conv_with_all_modes_and_identity_weight_is_identity(
-    resolution):
+def test_spectral_conv_with_all_modes_and_identity_weight_is_identity(resolution):
   channels = 3
   conv = model.SpectralConv2d(channels, channels, resolution, rngs=_rngs(0))
   identity = jnp.eye(channels, dtype=jnp.complex64)[:, :, None, None]
@@ -133,8 +133,7 @@ def test_spectral_conv_init_scale():
   weight = conv.weight[...]
   # 10240 samples: both estimates have a relative spread of 1-2%.
   np.testing.assert_allclose(jnp.mean(jnp.abs(weight) ** 2), 2 / 32, rtol=0.05)
-  np.testing.assert_allclose(jnp.var(weight.real), jnp.var(weight.imag),
-                             rtol=0.1)
+  np.testing.assert_allclose(jnp.var(weight.real), jnp.var(weight.imag), rtol=0.1)
   # On a smooth unit-variance field the output has an O(1) scale.
   grid = jnp.linspace(0, 1, 33)[:-1]
   u, v = jnp.meshgrid(grid, grid, indexing="ij")
@@ -144,8 +143,7 @@ def test_spectral_conv_init_scale():
   assert 0.3 < jnp.std(_call(conv, x)) < 3.0
 
 
-@pytest.mark.parametrize(
-    "positional_embedding, tolerance", [(False, 1e-4), (True, 3e-2)])
+@pytest.mark.parametrize("positional_embedding, tolerance", [(False, 1e-4), (True, 3e-2)])
 def test_discretisation_invariance(positional_embedding, tolerance):
   """Outputs on 32^2 and 64^2 grids agree on the shared points.
 
@@ -155,8 +153,7 @@ def test_discretisation_invariance(positional_embedding, tolerance):
   coordinates, however, jump from 1 to 0 across the periodic boundary, and
   the aliasing of that jump decays only like 1 / resolution.
   """
-  fno = _tiny_fno(modes=(8, 8), width=16, n_layers=3,
-                  positional_embedding=positional_embedding)
+  fno = _tiny_fno(modes=(8, 8), width=16, n_layers=3, positional_embedding=positional_embedding)
 
   def field(n):
     grid = jnp.linspace(0, 1, n + 1)[:-1]
@@ -176,8 +173,7 @@ def _loss_and_grads(fno, x, y):
 
   @jax.jit
   def loss_and_grads(params):
-    return jax.value_and_grad(
-        lambda p: losses.relative_lp(model.apply(graphdef, p, x), y))(params)
+    return jax.value_and_grad(lambda p: losses.relative_lp(model.apply(graphdef, p, x), y))(params)
 
   return loss_and_grads(params)
 
@@ -214,23 +210,20 @@ def test_remat_matches_plain():
   loss_plain, grads_plain = _loss_and_grads(plain, x, y)
   loss_remat, grads_remat = _loss_and_grads(remat, x, y)
   np.testing.assert_allclose(loss_remat, loss_plain, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               grads_remat, grads_plain)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_remat, grads_plain)
 
 
 def test_relative_lp():
   y = jnp.array([[3.0, 4.0], [1.0, 0.0]])
   pred = jnp.array([[0.0, 4.0], [1.0, 2.0]])
   # Errors (3, 2) over target norms (5, 1).
-  np.testing.assert_allclose(losses.relative_lp(pred, y), (3 / 5 + 2) / 2,
-                             rtol=1e-6)
+  np.testing.assert_allclose(losses.relative_lp(pred, y), (3 / 5 + 2) / 2, rtol=1e-6)
   # p = 1: errors (3, 2) over target norms (7, 1).
-  np.testing.assert_allclose(losses.relative_lp(pred, y, p=1),
-                             (3 / 7 + 2) / 2, rtol=1e-6)
+  np.testing.assert_allclose(losses.relative_lp(pred, y, p=1), (3 / 7 + 2) / 2, rtol=1e-6)
   # Every non-batch axis is reduced.
   np.testing.assert_allclose(
-      losses.relative_lp(pred.reshape(2, 1, 2, 1), y.reshape(2, 1, 2, 1)),
-      (3 / 5 + 2) / 2, rtol=1e-6)
+    losses.relative_lp(pred.reshape(2, 1, 2, 1), y.reshape(2, 1, 2, 1)), (3 / 5 + 2) / 2, rtol=1e-6
+  )
 
 
 def test_relative_h1():
@@ -240,15 +233,16 @@ def test_relative_h1():
   y = jnp.sin(2 * jnp.pi * u) + jnp.cos(4 * jnp.pi * v)
   # A periodic central difference of sin(2 pi k x) with spacing h is
   # sin(2 pi k h) / h * cos(2 pi k x); each mode has mean square 1/2.
-  norm_sq = n * n / 2 * (
-      2 + (n * math.sin(2 * math.pi / n)) ** 2
-      + (n * math.sin(4 * math.pi / n)) ** 2)
+  norm_sq = (
+    n * n / 2 * (2 + (n * math.sin(2 * math.pi / n)) ** 2 + (n * math.sin(4 * math.pi / n)) ** 2)
+  )
   # A constant error has no derivative.
   expected = math.sqrt(n * n * offset**2 / norm_sq)
   y, pred = y[None, ..., None], (y + offset)[None, ..., None]
   np.testing.assert_allclose(losses.relative_h1(pred, y), expected, rtol=1e-5)
   # The loss is the batch mean; a prediction of 0 has relative error 1.
   np.testing.assert_allclose(
-      losses.relative_h1(jnp.concatenate([pred, 0 * y]),
-                         jnp.concatenate([y, y])),
-      (expected + 1) / 2, rtol=1e-5)
+    losses.relative_h1(jnp.concatenate([pred, 0 * y]), jnp.concatenate([y, y])),
+    (expected + 1) / 2,
+    rtol=1e-5,
+  )

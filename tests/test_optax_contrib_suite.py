@@ -39,15 +39,16 @@ def _load_suite() -> types.ModuleType:
   # Wrappers (mechanize, schedule_free, ...) and their base optimizers are
   # optax's own business: keep only our entries.
   source = source.replace(
-      "_ALL_OPTIMIZERS_UNDER_TEST = tuple(",
-      "_OTHER_OPTIMIZERS_UNDER_TEST = []\n"
-      "_MAIN_OPTIMIZERS_UNDER_TEST = [o for o in _MAIN_OPTIMIZERS_UNDER_TEST "
-      "if o['opt_name'] == 'tensor_galore_adamw']\n"
-      "_ALL_OPTIMIZERS_UNDER_TEST = tuple(",
-      1,
+    "_ALL_OPTIMIZERS_UNDER_TEST = tuple(",
+    "_OTHER_OPTIMIZERS_UNDER_TEST = []\n"
+    "_MAIN_OPTIMIZERS_UNDER_TEST = [o for o in _MAIN_OPTIMIZERS_UNDER_TEST "
+    "if o['opt_name'] == 'tensor_galore_adamw']\n"
+    "_ALL_OPTIMIZERS_UNDER_TEST = tuple(",
+    1,
   )
-  source = source.replace("'ns_steps', 'rank', 'update_proj_gap'", "'ns_steps', 'rank', "
-                          "'update_proj_gap', 'min_size'", 1)
+  source = source.replace(
+    "'ns_steps', 'rank', 'update_proj_gap'", "'ns_steps', 'rank', 'update_proj_gap', 'min_size'", 1
+  )
   assert "'min_size'" in source and "tensor_galore_adamw" in source, "suite layout changed"
   module = types.ModuleType("optax_contrib_common_suite")
   module.__file__ = spec.origin

@@ -61,14 +61,15 @@ def test_warm_started_subspace_iteration_converges_to_hosvd():
   exact = refresh(t, _eye_factors(jnp.complex64), method="svd", is_first=True)
   key = jax.random.key(2)
   factors = {
-      n: jnp.linalg.qr(jax.random.normal(jax.random.fold_in(key, n), (i, r)) + 0j)[0]
-      for n, (i, r) in enumerate(zip(SHAPE, RANKS))
+    n: jnp.linalg.qr(jax.random.normal(jax.random.fold_in(key, n), (i, r)) + 0j)[0]
+    for n, (i, r) in enumerate(zip(SHAPE, RANKS))
   }
   gaps = []
   for _ in range(30):
     factors = refresh(t, factors, method="subspace", is_first=False)
-    gaps.append(max(float(jnp.abs(_projector(factors[n]) - _projector(exact[n])).max())
-                    for n in exact))
+    gaps.append(
+      max(float(jnp.abs(_projector(factors[n]) - _projector(exact[n])).max()) for n in exact)
+    )
   assert gaps[0] > 0.1 and gaps[-1] < 5e-3
   assert _energy(t, factors) >= 0.999 * _energy(t, exact)
 
@@ -131,7 +132,7 @@ def test_tall_unfoldings_use_the_small_gram_matrix(method, rank):
   """Matrix GaLore projecting the large side of a (5, 40) weight: mode 1 (40) is
   taller than its unfolding is wide (5); ranks past 5 complete the basis."""
   key = jax.random.key(7)
-  t = (jax.random.normal(key, (5, 40)) + 1j * jax.random.normal(jax.random.fold_in(key, 1), (5, 40)))
+  t = jax.random.normal(key, (5, 40)) + 1j * jax.random.normal(jax.random.fold_in(key, 1), (5, 40))
   t = t.astype(jnp.complex64)
   previous = {1: jnp.eye(40, rank, dtype=jnp.complex64)}
   exact = _refresh.refresh_factors(t, previous, "svd", True)

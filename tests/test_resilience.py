@@ -29,9 +29,9 @@ def _complex_normal(key, shape, dtype=jnp.complex64):
 def _params():
   ks = jax.random.split(jax.random.key(0), 3)
   return {
-      "spectral": 0.1 * _complex_normal(ks[0], (8, 8, 6, 4)),
-      "dense": 0.1 * jax.random.normal(ks[1], (16, 12)),
-      "bias": jnp.zeros(12),
+    "spectral": 0.1 * _complex_normal(ks[0], (8, 8, 6, 4)),
+    "dense": 0.1 * jax.random.normal(ks[1], (16, 12)),
+    "bias": jnp.zeros(12),
   }
 
 
@@ -225,8 +225,10 @@ def test_apply_if_finite_skips_the_bad_step_and_training_continues(value, bad_st
 
 def test_multisteps_skips_a_non_finite_mini_step():
   tx = optax.MultiSteps(
-      _optimizer(), every_k_schedule=2, should_skip_update_fn=optax.skip_not_finite,
-      accumulator_dtype=jnp.complex64,
+    _optimizer(),
+    every_k_schedule=2,
+    should_skip_update_fn=optax.skip_not_finite,
+    accumulator_dtype=jnp.complex64,
   )
   update = jax.jit(tx.update)
   params, state = _params(), tx.init(_params())
@@ -299,12 +301,12 @@ def test_zero_gradients_give_finite_updates_and_orthonormal_factors():
 
 
 EXTREME = {  # shape, rank, factor shapes as documented (see `tensor_galore`'s rank)
-    "wide": ((2, 4096), 8, [(2, 2), (4096, 8)]),
-    "tall": ((4096, 2), (16, None), [(4096, 16)]),
-    "tall_3d": ((4096, 1, 3), 4, [(4096, 4), (1, 1), (3, 3)]),
-    "unit_modes": ((1, 64, 1, 8), 0.5, [(1, 1), (64, 54), (1, 1), (8, 7)]),
-    "unit_modes_tuple": ((1, 64, 1, 8), (None, 0.25, None, 2), [(64, 16), (8, 2)]),
-    "rank_above_modes": ((8, 6, 4), 100, [(8, 8), (6, 6), (4, 4)]),  # clipped
+  "wide": ((2, 4096), 8, [(2, 2), (4096, 8)]),
+  "tall": ((4096, 2), (16, None), [(4096, 16)]),
+  "tall_3d": ((4096, 1, 3), 4, [(4096, 4), (1, 1), (3, 3)]),
+  "unit_modes": ((1, 64, 1, 8), 0.5, [(1, 1), (64, 54), (1, 1), (8, 7)]),
+  "unit_modes_tuple": ((1, 64, 1, 8), (None, 0.25, None, 2), [(64, 16), (8, 2)]),
+  "rank_above_modes": ((8, 6, 4), 100, [(8, 8), (6, 6), (4, 4)]),  # clipped
 }
 
 
@@ -317,8 +319,10 @@ def test_extreme_shapes_and_ranks():
     assert [f.shape for f in state[0].factors[k]] == factor_shapes, k
   update = jax.jit(tx.update)
   for i in range(3):  # refreshes at steps 0 and 2
-    grads = {k: jnp.asarray(np.random.default_rng(i).standard_normal(p.shape), jnp.float32)
-             for k, p in params.items()}
+    grads = {
+      k: jnp.asarray(np.random.default_rng(i).standard_normal(p.shape), jnp.float32)
+      for k, p in params.items()
+    }
     updates, state = update(grads, state, params)
     chex.assert_tree_all_finite(updates)
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
@@ -350,17 +354,25 @@ def test_float16_params_train_finitely_with_a_representable_eps():
 
 
 @pytest.mark.parametrize(
-    "params, spec, error, match",
-    [
-        ({"w": jnp.ones((4, 5))}, {"v": None}, ValueError, "spec does not match the params tree"),
-        ({"enc": {"w": jnp.ones((4, 5))}, "dec": {"w": jnp.ones((4, 5))}},
-         {"enc": {"w": TuckerSpec()}}, ValueError, "spec does not match the params tree"),
-        ({"w": jnp.ones((4, 5))}, {"w": 3}, TypeError, r"spec for leaf \['w'\] is 3"),
-        ({"w": jnp.ones((4, 5))}, {"w": {"x": None}}, TypeError, r"spec for leaf \['w'\]"),
-        ({"w": jnp.ones((4, 5))}, {"w": TuckerSpec(modes=(0,))}, ValueError,
-         r"leaf \['w'\].*leave axes \[1\] out"),
-    ],
-    ids=["other_key", "missing_subtree", "int_leaf", "dict_leaf", "axis_left_out"],
+  "params, spec, error, match",
+  [
+    ({"w": jnp.ones((4, 5))}, {"v": None}, ValueError, "spec does not match the params tree"),
+    (
+      {"enc": {"w": jnp.ones((4, 5))}, "dec": {"w": jnp.ones((4, 5))}},
+      {"enc": {"w": TuckerSpec()}},
+      ValueError,
+      "spec does not match the params tree",
+    ),
+    ({"w": jnp.ones((4, 5))}, {"w": 3}, TypeError, r"spec for leaf \['w'\] is 3"),
+    ({"w": jnp.ones((4, 5))}, {"w": {"x": None}}, TypeError, r"spec for leaf \['w'\]"),
+    (
+      {"w": jnp.ones((4, 5))},
+      {"w": TuckerSpec(modes=(0,))},
+      ValueError,
+      r"leaf \['w'\].*leave axes \[1\] out",
+    ),
+  ],
+  ids=["other_key", "missing_subtree", "int_leaf", "dict_leaf", "axis_left_out"],
 )
 def test_a_spec_that_does_not_fit_the_params_fails_clearly(params, spec, error, match):
   with pytest.raises(error, match=match):
@@ -386,10 +398,10 @@ def _cases(draw):
     shape = tuple(min(s, 4) for s in shape)
   entry = st.one_of(st.integers(1, 12), st.floats(0.05, 1.0))
   rank = draw(
-      st.one_of(
-          entry,
-          st.tuples(*[st.one_of(st.none(), entry) for _ in shape]),
-      )
+    st.one_of(
+      entry,
+      st.tuples(*[st.one_of(st.none(), entry) for _ in shape]),
+    )
   )
   dtype = draw(st.sampled_from(["float32", "bfloat16", "complex64"]))
   return shape, rank, dtype, draw(st.integers(0, 2**16))
@@ -406,8 +418,8 @@ def _expected_ranks(rank, shape):
 
   if isinstance(rank, tuple):
     return [
-        None if r is None else clip(r, i) if isinstance(r, int) else fraction(r, i)
-        for r, i in zip(rank, shape)
+      None if r is None else clip(r, i) if isinstance(r, int) else fraction(r, i)
+      for r, i in zip(rank, shape)
     ]
   if isinstance(rank, int):
     return [clip(rank, i) for i in shape]
@@ -424,7 +436,7 @@ def _gradient(shape, dtype, seed):
 
 
 _PROPERTY_SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+  max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -453,7 +465,7 @@ def test_property_identity_base_gives_an_orthogonal_projection(case):
   shape, rank, dtype, seed = case
   g = _gradient(shape, dtype, seed)
   tx = tensor_galore(
-      rank=rank, min_size=1, spec={"w": TuckerSpec()}, base_optimizer=optax.identity()
+    rank=rank, min_size=1, spec={"w": TuckerSpec()}, base_optimizer=optax.identity()
   )
   update = jax.jit(tx.update)
   state = jax.jit(tx.init)({"w": g})
@@ -489,9 +501,9 @@ def test_donated_step_reuses_params_and_state_buffers():
     XLA:CPU measures 3.7x for this model (``docs/scaling.md``).
   """
   params = {
-      "spectral": jnp.ones((32, 32, 16, 9), jnp.complex64),
-      "dense": jnp.ones((256, 128)),
-      "bias": jnp.ones(128),
+    "spectral": jnp.ones((32, 32, 16, 9), jnp.complex64),
+    "dense": jnp.ones((256, 128)),
+    "bias": jnp.ones(128),
   }
   tx = tensor_galore_adamw(1e-3, rank=0.25, min_size=1000, update_proj_gap=GAP)
   state = tx.init(params)

@@ -42,14 +42,14 @@ def _mu(shardings):
 
 
 @pytest.mark.parametrize(
-    "rank, expected",
-    [
-        ((8, 6, 4, 3), P("model", "data")),  # 8 % 4 == 0 and 6 % 2 == 0: both kept
-        ((6, 6, 4, 3), P(None, "data")),  # 6 % 4 != 0: dimension 0 replicated
-        ((8, 5, 4, 3), P("model")),  # 5 % 2 != 0: dimension 1 replicated
-        ((6, 5, 4, 3), P()),
-        (1.0, P("model", "data")),  # full rank: the core has the parameter's shape
-    ],
+  "rank, expected",
+  [
+    ((8, 6, 4, 3), P("model", "data")),  # 8 % 4 == 0 and 6 % 2 == 0: both kept
+    ((6, 6, 4, 3), P(None, "data")),  # 6 % 4 != 0: dimension 0 replicated
+    ((8, 5, 4, 3), P("model")),  # 5 % 2 != 0: dimension 1 replicated
+    ((6, 5, 4, 3), P()),
+    (1.0, P("model", "data")),  # full rank: the core has the parameter's shape
+  ],
 )
 def test_cores_follow_the_param_spec_where_divisible(rank, expected):
   params = {"w": _struct((16, 16, 8, 5), jnp.complex64)}
@@ -100,22 +100,31 @@ def test_shard_projected_axes_false_keeps_only_unprojected_dimensions():
 
 
 @pytest.mark.parametrize(
-    "make",
-    [
-        lambda: optax.adam(1e-3),
-        lambda: optax.adamw(1e-3),
-        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
-        lambda: optax.masked(optax.adam(1e-3), {"w": True, "b": False}),
-        lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3),
-        lambda: tensor_galore_adamw(1e-3, rank=0.5, min_size=1),
-        lambda: optax.MultiSteps(tensor_galore_adamw(1e-3, rank=0.5, min_size=1), 4),
-        lambda: optax.apply_if_finite(tensor_galore_adamw(1e-3, rank=0.5, min_size=1), 3),
-        lambda: optax.inject_hyperparams(
-            tensor_galore_adamw, static_args=("rank", "update_proj_gap", "min_size")
-        )(learning_rate=1e-3, rank=0.5, min_size=1),
-    ],
-    ids=["adam", "adamw", "chain", "masked", "inject", "galore", "multisteps", "if_finite",
-         "inject_galore"],
+  "make",
+  [
+    lambda: optax.adam(1e-3),
+    lambda: optax.adamw(1e-3),
+    lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
+    lambda: optax.masked(optax.adam(1e-3), {"w": True, "b": False}),
+    lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3),
+    lambda: tensor_galore_adamw(1e-3, rank=0.5, min_size=1),
+    lambda: optax.MultiSteps(tensor_galore_adamw(1e-3, rank=0.5, min_size=1), 4),
+    lambda: optax.apply_if_finite(tensor_galore_adamw(1e-3, rank=0.5, min_size=1), 3),
+    lambda: optax.inject_hyperparams(
+      tensor_galore_adamw, static_args=("rank", "update_proj_gap", "min_size")
+    )(learning_rate=1e-3, rank=0.5, min_size=1),
+  ],
+  ids=[
+    "adam",
+    "adamw",
+    "chain",
+    "masked",
+    "inject",
+    "galore",
+    "multisteps",
+    "if_finite",
+    "inject_galore",
+  ],
 )
 def test_any_optimizer_gets_a_sharding_tree_of_its_state_structure(make):
   tx = make()
@@ -190,16 +199,16 @@ _SCRIPT = pathlib.Path(__file__).with_name("_sharded_checks.py")
 def sharded_results():
   env = dict(os.environ)
   env["XLA_FLAGS"] = (
-      env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   ).strip()
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(
-      [sys.executable, str(_SCRIPT)],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      cwd=_SCRIPT.parent.parent,
+    [sys.executable, str(_SCRIPT)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=_SCRIPT.parent.parent,
   )
   results = {}
   for line in proc.stdout.splitlines():
@@ -207,7 +216,7 @@ def sharded_results():
       record = json.loads(line)
       results[record["check"]] = record
   assert proc.returncode == 0 and "total" in results, (
-      f"{_SCRIPT.name} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-5000:]}"
+    f"{_SCRIPT.name} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-5000:]}"
   )
   return results
 

@@ -11,11 +11,11 @@ import optax.contrib
 import pytest
 
 from tensor_galore_optax import (
-    TensorGaLoreState,
-    TuckerSpec,
-    optimizer_state_bytes,
-    tensor_galore,
-    tensor_galore_adamw,
+  TensorGaLoreState,
+  TuckerSpec,
+  optimizer_state_bytes,
+  tensor_galore,
+  tensor_galore_adamw,
 )
 
 
@@ -40,9 +40,9 @@ def jit(request):
 def test_full_rank_with_sgd_base_equals_sgd(jit):
   key = jax.random.key(0)
   params = {
-      "spectral": _complex_normal(key, (6, 5, 4, 3)),
-      "dense": jax.random.normal(key, (7, 9)),
-      "bias": jnp.ones(5),
+    "spectral": _complex_normal(key, (6, 5, 4, 3)),
+    "dense": jax.random.normal(key, (7, 9)),
+    "bias": jnp.ones(5),
   }
   tx = tensor_galore(rank=1.0, min_size=1, base_optimizer=optax.sgd(0.1, momentum=0.9))
   reference = optax.sgd(0.1, momentum=0.9)
@@ -71,7 +71,9 @@ def test_low_rank_map_is_an_orthogonal_projection(rank, jit):
   updates, state = _run(tx, {"w": grad}, tx.init({"w": grad}), jit)
   u = updates["w"]
   # <u, g - u> = 0 and projecting twice changes nothing.
-  np.testing.assert_allclose(jnp.vdot(u, grad - u), 0.0, atol=1e-3 * float(jnp.vdot(grad, grad).real))
+  np.testing.assert_allclose(
+    jnp.vdot(u, grad - u), 0.0, atol=1e-3 * float(jnp.vdot(grad, grad).real)
+  )
   twice, _ = _run(tx, {"w": u}, state, jit)
   chex.assert_trees_all_close(twice["w"], u, atol=1e-4)
   assert 0 < float(jnp.linalg.norm(u)) < float(jnp.linalg.norm(grad))
@@ -102,9 +104,7 @@ def test_factors_change_exactly_at_multiples_of_update_proj_gap():
     key, sub = jax.random.split(key)
     grads = {"w": jax.random.normal(sub, (9, 8, 7))}
     _, new_state = update(grads, state)
-    changed = any(
-        not np.allclose(a, b) for a, b in zip(state.factors["w"], new_state.factors["w"])
-    )
+    changed = any(not np.allclose(a, b) for a, b in zip(state.factors["w"], new_state.factors["w"]))
     assert changed == (step % gap == 0), f"step {step}"
     assert int(new_state.count) == step + 1
     state = new_state
@@ -122,12 +122,12 @@ def test_matrix_galore_spec_matches_optax_contrib_scale_by_galore():
   key = jax.random.key(5)
   params = {"tall": jax.random.normal(key, (12, 7)), "wide": jax.random.normal(key, (5, 11))}
   ours = tensor_galore(
-      rank,
-      update_proj_gap=gap,
-      min_size=1,
-      spec=TuckerSpec(modes=(0, 1), num_projected=1),
-      refresh_method="svd",
-      moment_policy="keep",
+    rank,
+    update_proj_gap=gap,
+    min_size=1,
+    spec=TuckerSpec(modes=(0, 1), num_projected=1),
+    refresh_method="svd",
+    moment_policy="keep",
   )
   theirs = optax.contrib.scale_by_galore(rank=rank, update_proj_gap=gap)
   state, ref_state = ours.init(params), theirs.init(params)
@@ -148,9 +148,9 @@ def test_matrix_galore_spec_matches_optax_contrib_scale_by_galore():
 def _fno_like_params(key, width=8, modes=(8, 5)):
   k1, k2, k3 = jax.random.split(key, 3)
   return {
-      "spectral": _complex_normal(k1, (width, width, *modes)),
-      "skip": jax.random.normal(k2, (width, width)),
-      "bias": jax.random.normal(k3, (width,)),
+    "spectral": _complex_normal(k1, (width, width, *modes)),
+    "skip": jax.random.normal(k2, (width, width)),
+    "bias": jax.random.normal(k3, (width,)),
   }
 
 
@@ -190,9 +190,9 @@ def test_inject_hyperparams_with_static_shape_arguments():
   # inject_hyperparams would otherwise take the complex leaves' dtype for the
   # hyperparameters (see docs/composing.md).
   factory = optax.inject_hyperparams(
-      tensor_galore_adamw,
-      static_args=("rank", "update_proj_gap", "min_size"),
-      hyperparam_dtype=jnp.float32,
+    tensor_galore_adamw,
+    static_args=("rank", "update_proj_gap", "min_size"),
+    hyperparam_dtype=jnp.float32,
   )
   injected = factory(learning_rate=1e-3, rank=0.25, update_proj_gap=5, min_size=64)
   plain = tensor_galore_adamw(1e-3, 0.25, update_proj_gap=5, min_size=64)
@@ -258,11 +258,11 @@ def test_mu_dtype_controls_the_first_moment():
 
 def test_default_min_size_projects_small_fno_spectral_weights_only():
   params = {
-      "spectral": jnp.ones((24, 24, 8, 5), jnp.complex64),
-      "skip": jnp.ones((24, 24)),
-      "mlp": jnp.ones((24, 12)),
-      "bias": jnp.ones(24),
-      "norm_scale": jnp.ones(24),
+    "spectral": jnp.ones((24, 24, 8, 5), jnp.complex64),
+    "skip": jnp.ones((24, 24)),
+    "mlp": jnp.ones((24, 12)),
+    "bias": jnp.ones(24),
+    "norm_scale": jnp.ones(24),
   }
   state = tensor_galore_adamw(1e-3).init(params)[0]
   projected = {k for k, v in state.factors.items() if v != ()}
@@ -305,7 +305,7 @@ def test_rotate_with_unchanged_factors_is_a_no_op():
   grad = {"w": _complex_normal(jax.random.key(13), (8, 7, 6))}
   keep = tensor_galore(rank=0.5, min_size=1, update_proj_gap=1, refresh_method="svd")
   rotate = tensor_galore(
-      rank=0.5, min_size=1, update_proj_gap=1, refresh_method="svd", moment_policy="rotate"
+    rank=0.5, min_size=1, update_proj_gap=1, refresh_method="svd", moment_policy="rotate"
   )
   s_keep, s_rot = keep.init(grad), rotate.init(grad)
   # Step 0 fixes the factors; the same gradient again finds the same factors.
@@ -320,20 +320,20 @@ def test_rotate_with_unchanged_factors_is_a_no_op():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        ({"rank": -3}, ValueError, "rank must be positive, got -3"),
-        ({"rank": 0}, ValueError, "rank must be positive"),
-        ({"rank": 1.5}, ValueError, r"fraction in \(0, 1\], got 1.5"),
-        ({"rank": 0.0}, ValueError, "fraction"),
-        ({"rank": "big"}, TypeError, "rank must be"),
-        ({"update_proj_gap": 0}, ValueError, "update_proj_gap"),
-        ({"min_size": -1}, ValueError, "min_size"),
-        ({"refresh_method": "qr"}, ValueError, "refresh_method"),
-        ({"moment_policy": "forget"}, ValueError, "moment_policy"),
-        ({"factor_dtype": "float16"}, ValueError, "factor_dtype"),
-        ({"base_optimizer": optax.scale_by_adam}, TypeError, "base_optimizer"),
-    ],
+  "kwargs, error, match",
+  [
+    ({"rank": -3}, ValueError, "rank must be positive, got -3"),
+    ({"rank": 0}, ValueError, "rank must be positive"),
+    ({"rank": 1.5}, ValueError, r"fraction in \(0, 1\], got 1.5"),
+    ({"rank": 0.0}, ValueError, "fraction"),
+    ({"rank": "big"}, TypeError, "rank must be"),
+    ({"update_proj_gap": 0}, ValueError, "update_proj_gap"),
+    ({"min_size": -1}, ValueError, "min_size"),
+    ({"refresh_method": "qr"}, ValueError, "refresh_method"),
+    ({"moment_policy": "forget"}, ValueError, "moment_policy"),
+    ({"factor_dtype": "float16"}, ValueError, "factor_dtype"),
+    ({"base_optimizer": optax.scale_by_adam}, TypeError, "base_optimizer"),
+  ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -341,22 +341,42 @@ def test_bad_arguments_fail_at_construction(kwargs, error, match):
 
 
 @pytest.mark.parametrize(
-    "params, kwargs, error, match",
-    [
-        ({"a": {"w": jnp.ones((4, 5, 6))}}, {"rank": (2, 2)}, ValueError,
-         r"leaf \['a'\]\['w'\] with shape \(4, 5, 6\).*2 entries.*3 modes"),
-        ({"w": jnp.ones((4, 5, 6))}, {"spec": TuckerSpec(modes=(0, 3, (1, 2)))}, ValueError,
-         r"leaf \['w'\].*axis 3.*out of range"),
-        ({"w": jnp.ones((4, 5, 6))}, {"spec": TuckerSpec(modes=(0, (0, 1), 2))}, ValueError,
-         "more than once"),
-        ({"w": jnp.ones((4, 5, 6))}, {"spec": TuckerSpec(modes=(0, 1))}, ValueError,
-         r"leave axes \[2\] out"),
-        ({"w": jnp.ones((4, 5)), "n": 3.0}, {}, TypeError, r"leaf \['n'\] is a float, not an array"),
-        ({"w": jnp.ones((4, 5), jnp.int32)}, {}, TypeError, r"leaf \['w'\].*int32"),
-        ({"w": jnp.ones((4, 5))}, {"spec": {"v": None}}, ValueError, "does not match the params"),
-        ({"w": jnp.ones((4, 5))}, {"base_optimizer": optax.adamw(1e-3)}, ValueError,
-         "must not need `params`"),
-    ],
+  "params, kwargs, error, match",
+  [
+    (
+      {"a": {"w": jnp.ones((4, 5, 6))}},
+      {"rank": (2, 2)},
+      ValueError,
+      r"leaf \['a'\]\['w'\] with shape \(4, 5, 6\).*2 entries.*3 modes",
+    ),
+    (
+      {"w": jnp.ones((4, 5, 6))},
+      {"spec": TuckerSpec(modes=(0, 3, (1, 2)))},
+      ValueError,
+      r"leaf \['w'\].*axis 3.*out of range",
+    ),
+    (
+      {"w": jnp.ones((4, 5, 6))},
+      {"spec": TuckerSpec(modes=(0, (0, 1), 2))},
+      ValueError,
+      "more than once",
+    ),
+    (
+      {"w": jnp.ones((4, 5, 6))},
+      {"spec": TuckerSpec(modes=(0, 1))},
+      ValueError,
+      r"leave axes \[2\] out",
+    ),
+    ({"w": jnp.ones((4, 5)), "n": 3.0}, {}, TypeError, r"leaf \['n'\] is a float, not an array"),
+    ({"w": jnp.ones((4, 5), jnp.int32)}, {}, TypeError, r"leaf \['w'\].*int32"),
+    ({"w": jnp.ones((4, 5))}, {"spec": {"v": None}}, ValueError, "does not match the params"),
+    (
+      {"w": jnp.ones((4, 5))},
+      {"base_optimizer": optax.adamw(1e-3)},
+      ValueError,
+      "must not need `params`",
+    ),
+  ],
 )
 def test_bad_inputs_fail_at_init_naming_the_leaf(params, kwargs, error, match):
   tx = tensor_galore(**{"min_size": 1, **kwargs})
@@ -368,12 +388,12 @@ def test_a_callable_spec_and_a_pytree_spec_pick_leaves():
   params = {"a": jnp.ones((6, 6, 6)), "b": jnp.ones((6, 6, 6))}
   by_tree = tensor_galore(spec={"a": TuckerSpec(rank=2), "b": None}).init(params)
   by_callable = tensor_galore(spec=lambda p: {"a": None, "b": TuckerSpec(rank=(None, 2, 3))}).init(
-      params
+    params
   )
   assert [f.shape for f in by_tree.factors["a"]] == [(6, 2)] * 3 and by_tree.factors["b"] == ()
   assert by_callable.factors["a"] == () and [f.shape for f in by_callable.factors["b"]] == [
-      (6, 2),
-      (6, 3),
+    (6, 2),
+    (6, 3),
   ]
 
 
@@ -385,11 +405,11 @@ def test_optimizer_state_of_fno_shaped_weights_is_at_most_035x_adamw():
   params = {}
   for layer in range(4):
     params[f"block{layer}"] = {
-        "spectral": _complex_normal(jax.random.fold_in(key, layer), (32, 32, 16, 9)),
-        "skip": jnp.ones((32, 32)),
-        "mlp_in": jnp.ones((32, 16)),
-        "mlp_out": jnp.ones((16, 32)),
-        "gate": jnp.ones(32),
+      "spectral": _complex_normal(jax.random.fold_in(key, layer), (32, 32, 16, 9)),
+      "skip": jnp.ones((32, 32)),
+      "mlp_in": jnp.ones((32, 16)),
+      "mlp_out": jnp.ones((16, 32)),
+      "gate": jnp.ones(32),
     }
   params["lift"] = jnp.ones((3, 64))
   params["proj"] = jnp.ones((32, 64))
@@ -403,12 +423,14 @@ def test_complex_low_rank_tensor_regression_reaches_100x_lower_loss():
   k1, k2, k3 = jax.random.split(key, 3)
   # Target: a weight of multilinear rank (2, 2, 2, 2), observed through random inputs.
   core = _complex_normal(k1, (2, 2, 2, 2))
-  factors = [jnp.linalg.qr(_complex_normal(jax.random.fold_in(k2, n), (s, 2)))[0]
-             for n, s in enumerate((8, 8, 6, 4))]
+  factors = [
+    jnp.linalg.qr(_complex_normal(jax.random.fold_in(k2, n), (s, 2)))[0]
+    for n, s in enumerate((8, 8, 6, 4))
+  ]
   target = functools.reduce(
-      lambda t, nu: jnp.moveaxis(jnp.tensordot(t, nu[1].T, axes=(nu[0], 0)), -1, nu[0]),
-      enumerate(factors),
-      core,
+    lambda t, nu: jnp.moveaxis(jnp.tensordot(t, nu[1].T, axes=(nu[0], 0)), -1, nu[0]),
+    enumerate(factors),
+    core,
   )
   inputs = _complex_normal(k3, (64, 8))
 
@@ -437,12 +459,14 @@ def test_real_mlp_regression_with_projected_weights_ends_within_1_2x_of_adamw():
   key = jax.random.key(16)
   kx, kt, kp = jax.random.split(key, 3)
   x = jax.random.normal(kx, (256, 32))
-  teacher = [jax.random.normal(jax.random.fold_in(kt, i), s) / jnp.sqrt(s[0])
-             for i, s in enumerate([(32, 64), (64, 64), (64, 8)])]
+  teacher = [
+    jax.random.normal(jax.random.fold_in(kt, i), s) / jnp.sqrt(s[0])
+    for i, s in enumerate([(32, 64), (64, 64), (64, 8)])
+  ]
   y = jnp.tanh(jnp.tanh(x @ teacher[0]) @ teacher[1]) @ teacher[2]
   params = [
-      {"w": jax.random.normal(jax.random.fold_in(kp, i), s) / jnp.sqrt(s[0]), "b": jnp.zeros(s[1])}
-      for i, s in enumerate([(32, 64), (64, 64), (64, 8)])
+    {"w": jax.random.normal(jax.random.fold_in(kp, i), s) / jnp.sqrt(s[0]), "b": jnp.zeros(s[1])}
+    for i, s in enumerate([(32, 64), (64, 64), (64, 8)])
   ]
 
   def loss(p):
@@ -464,7 +488,9 @@ def test_real_mlp_regression_with_projected_weights_ends_within_1_2x_of_adamw():
       p, state = step(p, state)
     return float(loss(p)), state
 
-  ours_loss, ours_state = train(tensor_galore_adamw(3e-3, rank=0.5, min_size=512, update_proj_gap=50))
+  ours_loss, ours_state = train(
+    tensor_galore_adamw(3e-3, rank=0.5, min_size=512, update_proj_gap=50)
+  )
   assert all(len(layer["w"]) == 1 for layer in ours_state[0].factors)  # every weight projected
   adamw_loss, _ = train(optax.adamw(3e-3))
   assert ours_loss <= 1.2 * adamw_loss, (ours_loss, adamw_loss)

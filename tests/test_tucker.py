@@ -13,16 +13,16 @@ from tensor_galore_optax._tucker import TuckerSpec
 
 
 @pytest.mark.parametrize(
-    "rank, sizes, num_projected, expected",
-    [
-        (4, (8, 3, 16), None, (4, 3, 4)),  # ints are clipped to each mode
-        (1.0, (8, 3, 16), None, (8, 3, 16)),  # full rank is lossless
-        (0.25, (64, 64, 64, 33), None, (46, 46, 46, 24)),  # ceil(I * 0.25 ** (1/4))
-        (0.25, (64, 64), None, (32, 32)),
-        (0.5, (10, 40), 1, (None, 20)),  # one side: the larger mode
-        (3, (7, 7), 1, (3, None)),  # ties: the earlier mode, as optax's GaLore
-        ((2, None, 0.5), (8, 3, 16), None, (2, None, 8)),
-    ],
+  "rank, sizes, num_projected, expected",
+  [
+    (4, (8, 3, 16), None, (4, 3, 4)),  # ints are clipped to each mode
+    (1.0, (8, 3, 16), None, (8, 3, 16)),  # full rank is lossless
+    (0.25, (64, 64, 64, 33), None, (46, 46, 46, 24)),  # ceil(I * 0.25 ** (1/4))
+    (0.25, (64, 64), None, (32, 32)),
+    (0.5, (10, 40), 1, (None, 20)),  # one side: the larger mode
+    (3, (7, 7), 1, (3, None)),  # ties: the earlier mode, as optax's GaLore
+    ((2, None, 0.5), (8, 3, 16), None, (2, None, 8)),
+  ],
 )
 def test_resolve_ranks(rank, sizes, num_projected, expected):
   assert _tucker.resolve_ranks(rank, sizes, num_projected, "t") == expected
@@ -50,8 +50,10 @@ def test_projection_and_back_projection_are_adjoint():
   shape, ranks = (6, 5, 4), (3, 2, 4)
   keys = jax.random.split(key, 5)
   factors = {
-      n: jnp.linalg.qr(jax.random.normal(keys[n], (i, r)) + 1j * jax.random.normal(keys[3], (i, r)))[0]
-      for n, (i, r) in enumerate(zip(shape, ranks))
+    n: jnp.linalg.qr(jax.random.normal(keys[n], (i, r)) + 1j * jax.random.normal(keys[3], (i, r)))[
+      0
+    ]
+    for n, (i, r) in enumerate(zip(shape, ranks))
   }
   g = jax.random.normal(keys[4], shape) + 0j
   c = jax.random.normal(keys[3], ranks) + 1j * jax.random.normal(keys[2], ranks)
@@ -70,8 +72,8 @@ def test_mode_dot_matches_unfolding_product():
 
 
 @pytest.mark.parametrize(
-    "modes, match",
-    [((0, (1, 5)), "out of range"), ((0, ()), "empty group"), ((0, 0, 1), "more than once")],
+  "modes, match",
+  [((0, (1, 5)), "out of range"), ((0, ()), "empty group"), ((0, 0, 1), "more than once")],
 )
 def test_bad_modes_name_the_leaf(modes, match):
   with pytest.raises(ValueError, match=f"leaf x.*{match}"):

@@ -24,18 +24,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from examples.fno import configs, plots, train  # noqa: E402
+from examples.fno import train  # noqa: E402, I001  (first: it sets LAPACK's threads)
+from examples.fno import configs, plots  # noqa: E402
 
 COLUMNS = (
-    ("optimizer", "optimizer", "{}"),
-    ("rank", "rank", "{}"),
-    ("tensor_rank", "Tensor-GaLore rank (memory)", "{:g}"),
-    ("test_rel_l2", "test rel L2", "{:.4f}"),
-    ("optimizer_state_bytes", "optimizer state (bytes)", "{:,}"),
-    ("state_ratio", "state / AdamW", "{:.3f}"),
-    ("step_seconds", "step (s)", "{:.4f}"),
-    ("step_ratio", "step / AdamW", "{:.2f}"),
-    ("identity_rel_l2", "identity rel L2", "{:.4f}"),
+  ("optimizer", "optimizer", "{}"),
+  ("rank", "rank", "{}"),
+  ("tensor_rank", "Tensor-GaLore rank (memory)", "{:g}"),
+  ("test_rel_l2", "test rel L2", "{:.4f}"),
+  ("optimizer_state_bytes", "optimizer state (bytes)", "{:,}"),
+  ("state_ratio", "state / AdamW", "{:.3f}"),
+  ("step_seconds", "step (s)", "{:.4f}"),
+  ("step_ratio", "step / AdamW", "{:.2f}"),
+  ("identity_rel_l2", "identity rel L2", "{:.4f}"),
 )
 
 
@@ -46,16 +47,22 @@ def runs(config: configs.Config, ranks: list[float]) -> list[configs.Config]:
   for rank in ranks:
     # rank=None makes GaLore match Tensor-GaLore's state bytes at tensor_rank.
     result.append(
-        dataclasses.replace(
-            config, optimizer="galore", rank=None, tensor_rank=rank,
-            out=str(out / f"galore_{rank:g}"),
-        )
+      dataclasses.replace(
+        config,
+        optimizer="galore",
+        rank=None,
+        tensor_rank=rank,
+        out=str(out / f"galore_{rank:g}"),
+      )
     )
     result.append(
-        dataclasses.replace(
-            config, optimizer="tensor_galore", rank=rank, tensor_rank=rank,
-            out=str(out / f"tensor_galore_{rank:g}"),
-        )
+      dataclasses.replace(
+        config,
+        optimizer="tensor_galore",
+        rank=rank,
+        tensor_rank=rank,
+        out=str(out / f"tensor_galore_{rank:g}"),
+      )
     )
   return result
 
@@ -64,27 +71,27 @@ def table_rows(metrics: list[dict]) -> list[dict]:
   """One row per run, with state size and step time relative to AdamW's (the first run)."""
   base = metrics[0]
   return [
-      dict(
-          optimizer=m["optimizer"],
-          rank=m["rank"],
-          tensor_rank=m["config"]["tensor_rank"] if m["optimizer"] != "adamw" else None,
-          test_rel_l2=m["test_rel_l2"],
-          train_rel_l2=m["train_rel_l2"],
-          optimizer_state_bytes=m["optimizer_state_bytes"],
-          state_ratio=m["optimizer_state_bytes"] / base["optimizer_state_bytes"],
-          step_seconds=m["step_seconds"],
-          step_ratio=m["step_seconds"] / base["step_seconds"],
-          identity_rel_l2=m["identity_rel_l2"],
-      )
-      for m in metrics
+    dict(
+      optimizer=m["optimizer"],
+      rank=m["rank"],
+      tensor_rank=m["config"]["tensor_rank"] if m["optimizer"] != "adamw" else None,
+      test_rel_l2=m["test_rel_l2"],
+      train_rel_l2=m["train_rel_l2"],
+      optimizer_state_bytes=m["optimizer_state_bytes"],
+      state_ratio=m["optimizer_state_bytes"] / base["optimizer_state_bytes"],
+      step_seconds=m["step_seconds"],
+      step_ratio=m["step_seconds"] / base["step_seconds"],
+      identity_rel_l2=m["identity_rel_l2"],
+    )
+    for m in metrics
   ]
 
 
 def markdown(rows: list[dict]) -> str:
   """Formats the rows as a Markdown table."""
   lines = [
-      "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-      "|" + "---|" * len(COLUMNS),
+    "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+    "|" + "---|" * len(COLUMNS),
   ]
   for row in rows:
     cells = ["-" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
@@ -107,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
   """Runs the comparison; bad input exits with status 2 and a message on stderr."""
   parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0])
   parser.add_argument(
-      "--ranks", type=parse_ranks, default=[0.25, 0.1],
-      help="Tensor-GaLore ranks, comma-separated (default: 0.25,0.1)",
+    "--ranks",
+    type=parse_ranks,
+    default=[0.25, 0.1],
+    help="Tensor-GaLore ranks, comma-separated (default: 0.25,0.1)",
   )
   configs.add_arguments(parser, skip=("optimizer", "rank", "tensor_rank", "resume"))
   parser.set_defaults(out="runs/compare")

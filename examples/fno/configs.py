@@ -70,7 +70,7 @@ class Config:
   n_train: int = 1000
   n_test: int = 200
   resolution: int = 64
-  optimizer: str = "adamw"
+  optimizer: str = "tensor_galore"
   rank: float | None = None
   tensor_rank: float = 0.25
   # About four refreshes per default run: the factors follow the gradient's
@@ -106,9 +106,7 @@ def _rank(text: str) -> float | int:
   try:
     return float(text)
   except ValueError:
-    raise argparse.ArgumentTypeError(
-        f"invalid rank {text!r}: expected an int or a float"
-    ) from None
+    raise argparse.ArgumentTypeError(f"invalid rank {text!r}: expected an int or a float") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
@@ -129,46 +127,92 @@ def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()
     group.add_argument(flag, dest=name, help=text, **kwargs)
 
   source = parser.add_mutually_exclusive_group()
-  add("data", "--data", "train on this .npz file", group=source, metavar="FILE.npz",
-      show_default=False)
+  add(
+    "data",
+    "--data",
+    "train on this .npz file",
+    group=source,
+    metavar="FILE.npz",
+    show_default=False,
+  )
   add("pde", "--pde", "generate (and cache) this data set", group=source, choices=PDES)
   add("n_train", "--n-train", "generated training samples", type=int, metavar="N")
   add("n_test", "--n-test", "generated test samples", type=int, metavar="M")
   add("resolution", "--resolution", "generated grid size", type=int, metavar="S")
   add("optimizer", "--optimizer", "optimizer", choices=OPTIMIZERS)
-  add("rank", "--rank", "projection rank (default: --tensor-rank for tensor_galore; for "
-      "galore, the rank matching tensor_galore's state bytes at --tensor-rank)",
-      type=_rank, metavar="R", show_default=False)
-  add("tensor_rank", "--tensor-rank", "tensor_galore's default rank, and galore's memory target",
-      type=float, metavar="R")
-  add("update_proj_gap", "--update-proj-gap", "steps between factor refreshes", type=int,
-      metavar="T")
+  add(
+    "rank",
+    "--rank",
+    "projection rank (default: --tensor-rank for tensor_galore; for "
+    "galore, the rank matching tensor_galore's state bytes at --tensor-rank)",
+    type=_rank,
+    metavar="R",
+    show_default=False,
+  )
+  add(
+    "tensor_rank",
+    "--tensor-rank",
+    "tensor_galore's default rank, and galore's memory target",
+    type=float,
+    metavar="R",
+  )
+  add(
+    "update_proj_gap", "--update-proj-gap", "steps between factor refreshes", type=int, metavar="T"
+  )
   add("moment_policy", "--moment-policy", "Adam's moments at a refresh", choices=MOMENT_POLICIES)
   add("refresh_method", "--refresh-method", "how factors are recomputed", metavar="METHOD")
   add("preset", "--preset", "model preset", choices=PRESETS)
-  add("modes", "--modes", "Fourier modes per axis (default: the preset's)", type=int,
-      metavar="M", show_default=False)
-  add("width", "--width", "channel width (default: the preset's)", type=int, metavar="W",
-      show_default=False)
-  add("remat", "--remat", "rematerialise blocks in the backward pass", action="store_true",
-      show_default=False)
+  add(
+    "modes",
+    "--modes",
+    "Fourier modes per axis (default: the preset's)",
+    type=int,
+    metavar="M",
+    show_default=False,
+  )
+  add(
+    "width",
+    "--width",
+    "channel width (default: the preset's)",
+    type=int,
+    metavar="W",
+    show_default=False,
+  )
+  add(
+    "remat",
+    "--remat",
+    "rematerialise blocks in the backward pass",
+    action="store_true",
+    show_default=False,
+  )
   add("epochs", "--epochs", "passes over the training set", type=int, metavar="E")
   add("batch_size", "--batch-size", "training samples per step", type=int, metavar="B")
-  add("eval_batch_size", "--eval-batch-size", "samples per evaluation step", type=int,
-      metavar="B")
+  add("eval_batch_size", "--eval-batch-size", "samples per evaluation step", type=int, metavar="B")
   add("lr", "--lr", "peak learning rate", type=float, metavar="LR")
   add("weight_decay", "--weight-decay", "decoupled weight decay", type=float, metavar="WD")
   add("loss", "--loss", "relative training loss", choices=LOSSES)
   add("seed", "--seed", "initialisation and shuffling seed", type=int, metavar="K")
   add("out", "--out", "output directory", metavar="DIR")
-  add("resume", "--resume", "continue from DIR/checkpoints", action="store_true",
-      show_default=False)
-  add("mesh", "--mesh", "device mesh (default: one device)", metavar="data=N[,fsdp=M]",
-      show_default=False)
-  add("fsdp_min_size", "--fsdp-min-size", "smallest parameter sharded over fsdp", type=int,
-      metavar="N")
-  add("progress", "--no-progress", "hide the progress bar", action="store_false",
-      show_default=False)
+  add(
+    "resume", "--resume", "continue from DIR/checkpoints", action="store_true", show_default=False
+  )
+  add(
+    "mesh",
+    "--mesh",
+    "device mesh (default: one device)",
+    metavar="data=N[,fsdp=M]",
+    show_default=False,
+  )
+  add(
+    "fsdp_min_size",
+    "--fsdp-min-size",
+    "smallest parameter sharded over fsdp",
+    type=int,
+    metavar="N",
+  )
+  add(
+    "progress", "--no-progress", "hide the progress bar", action="store_false", show_default=False
+  )
 
 
 def from_args(args: argparse.Namespace, **overrides) -> Config:

@@ -128,7 +128,7 @@ def benchmark_forcing(n: int, dtype=jnp.float32) -> jax.Array:
 
 
 def grf_sqrt_eig(
-    n: int, *, alpha: float = NS_GRF_ALPHA, tau: float = NS_GRF_TAU, dtype=jnp.float32
+  n: int, *, alpha: float = NS_GRF_ALPHA, tau: float = NS_GRF_TAU, dtype=jnp.float32
 ) -> jax.Array:
   """Square roots of the periodic random field's eigenvalues, FNO-scaled.
 
@@ -156,7 +156,7 @@ def grf_sqrt_eig(
 
 @jax.jit
 def gaussian_random_field(
-    noise: jax.Array, *, alpha: float = NS_GRF_ALPHA, tau: float = NS_GRF_TAU
+  noise: jax.Array, *, alpha: float = NS_GRF_ALPHA, tau: float = NS_GRF_TAU
 ) -> jax.Array:
   """Colours white noise into the FNO's periodic Gaussian random field.
 
@@ -223,13 +223,13 @@ def velocity(w: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.jit, static_argnames=("n_steps", "n_snapshots", "forcing"))
 def navier_stokes(
-    w0: jax.Array,
-    *,
-    viscosity: float,
-    dt: float,
-    n_steps: int,
-    n_snapshots: int = 1,
-    forcing: bool = True,
+  w0: jax.Array,
+  *,
+  viscosity: float,
+  dt: float,
+  n_steps: int,
+  n_snapshots: int = 1,
+  forcing: bool = True,
 ) -> jax.Array:
   """Integrates the FNO benchmark's vorticity equation.
 
@@ -268,8 +268,8 @@ def navier_stokes(
   def step(_, w_hat):
     u_hat, v_hat = _velocity_hat(w_hat, ops)
     u, v, w_x, w_y = (
-        jnp.fft.irfft2(a, s=(n, n))
-        for a in (u_hat, v_hat, 2j * jnp.pi * ops.kx * w_hat, 2j * jnp.pi * ops.ky * w_hat)
+      jnp.fft.irfft2(a, s=(n, n))
+      for a in (u_hat, v_hat, 2j * jnp.pi * ops.kx * w_hat, 2j * jnp.pi * ops.ky * w_hat)
     )
     advection_hat = ops.dealias * jnp.fft.rfft2(u * w_x + v * w_y)
     explicit = dt * (f_hat - advection_hat) + (1 - half_diffusion) * w_hat
@@ -312,7 +312,7 @@ def _max_speed(w: jax.Array) -> jax.Array:
 
 
 def stable_dt(
-    u_max: float, *, viscosity: float, dx: float, dt_max: float = NS_DT_MAX, cfl: float = NS_CFL
+  u_max: float, *, viscosity: float, dx: float, dt_max: float = NS_DT_MAX, cfl: float = NS_CFL
 ) -> float:
   """The largest time step that `navier_stokes` takes safely.
 
@@ -355,12 +355,12 @@ def _noise(entropy: tuple[int, ...], indices, n: int) -> np.ndarray:
   seconds to compile on CPU, longer than small data sets take to solve.
   """
   return np.stack(
-      [np.random.default_rng([*entropy, i]).standard_normal((2, n, n), np.float32) for i in indices]
+    [np.random.default_rng([*entropy, i]).standard_normal((2, n, n), np.float32) for i in indices]
   )
 
 
 def _generate_navier_stokes(
-    params: dict, *, batch_size: int, bar: tqdm.tqdm, log: Callable[[str], None]
+  params: dict, *, batch_size: int, bar: tqdm.tqdm, log: Callable[[str], None]
 ) -> list:
   """Generates the Navier-Stokes arrays, in `Dataset` order.
 
@@ -374,7 +374,7 @@ def _generate_navier_stokes(
     ``[x_train, y_train, x_test, y_test]``.
   """
   solve_resolution, viscosity, t_final, trajectory = (
-      params[k] for k in ("solve_resolution", "viscosity", "t_final", "trajectory")
+    params[k] for k in ("solve_resolution", "viscosity", "t_final", "trajectory")
   )
   # A fixed pilot batch, so that dt does not depend on the seed.
   pilot = gaussian_random_field(_noise((), range(32), solve_resolution))
@@ -386,22 +386,21 @@ def _generate_navier_stokes(
   n_steps = trajectory * math.ceil(t_final / (trajectory * (params["dt"] or dt_bound)) - 1e-9)
   dt = t_final / n_steps
   log(
-      f"navier_stokes: dt = {dt:.4g} ({n_steps} steps, CFL number {dt * u_max / dx:.3f} for "
-      f"max|u| ~ {u_max:.3g}; automatic dt: {dt_bound:.4g})"
+    f"navier_stokes: dt = {dt:.4g} ({n_steps} steps, CFL number {dt * u_max / dx:.3f} for "
+    f"max|u| ~ {u_max:.3g}; automatic dt: {dt_bound:.4g})"
   )
   if dt > 2 * viscosity / u_max**2:
     warnings.warn(
-        f"dt = {dt:.4g} exceeds the stability bound 2 nu / max|u|^2 = "
-        f"{2 * viscosity / u_max**2:.4g}",
-        RuntimeWarning,
-        stacklevel=3,
+      f"dt = {dt:.4g} exceeds the stability bound 2 nu / max|u|^2 = {2 * viscosity / u_max**2:.4g}",
+      RuntimeWarning,
+      stacklevel=3,
     )
 
   solve = functools.partial(
-      _navier_stokes_batch,
-      stride=solve_resolution // params["resolution"],
-      n_steps=n_steps,
-      n_snapshots=trajectory,
+    _navier_stokes_batch,
+    stride=solve_resolution // params["resolution"],
+    n_steps=n_steps,
+    n_snapshots=trajectory,
   )
   # One batch shape for every call, so that the solver compiles once.
   sizes = (params["n_train"], params["n_test"])
@@ -427,13 +426,13 @@ def _generate_navier_stokes(
 
 
 def darcy_coefficient(
-    rng: np.random.Generator,
-    n: int,
-    *,
-    a_high: float = DARCY_A_HIGH,
-    a_low: float = DARCY_A_LOW,
-    alpha: float = DARCY_GRF_ALPHA,
-    tau: float = DARCY_GRF_TAU,
+  rng: np.random.Generator,
+  n: int,
+  *,
+  a_high: float = DARCY_A_HIGH,
+  a_low: float = DARCY_A_LOW,
+  alpha: float = DARCY_GRF_ALPHA,
+  tau: float = DARCY_GRF_TAU,
 ) -> np.ndarray:
   """Samples the FNO's piecewise-constant Darcy coefficient.
 
@@ -497,7 +496,7 @@ def solve_darcy(a: np.ndarray, *, source: float = 1.0) -> np.ndarray:
   shape = (m * m, m * m)
   # Two sums, as the offsets m and 1 coincide on a 3 x 3 grid.
   matrix = scipy.sparse.diags_array(
-      [diag.ravel(), -x_off, -x_off], offsets=[0, m, -m], shape=shape
+    [diag.ravel(), -x_off, -x_off], offsets=[0, m, -m], shape=shape
   ) + scipy.sparse.diags_array([-y_off, -y_off], offsets=[1, -1], shape=shape)
   rhs = np.full(m * m, source * h**2)
   u = np.zeros((n, n))
@@ -538,19 +537,19 @@ def _generate_darcy(params: dict, *, bar: tqdm.tqdm) -> list:
 
 
 def _parameters(
-    pde: str,
-    *,
-    n_train: int,
-    n_test: int,
-    resolution: int,
-    solve_resolution: int | None = None,
-    viscosity: float = NS_VISCOSITY,
-    t_final: float = NS_T_FINAL,
-    dt: float | None = None,
-    trajectory: int = 1,
-    a_high: float = DARCY_A_HIGH,
-    a_low: float = DARCY_A_LOW,
-    seed: int = 0,
+  pde: str,
+  *,
+  n_train: int,
+  n_test: int,
+  resolution: int,
+  solve_resolution: int | None = None,
+  viscosity: float = NS_VISCOSITY,
+  t_final: float = NS_T_FINAL,
+  dt: float | None = None,
+  trajectory: int = 1,
+  a_high: float = DARCY_A_HIGH,
+  a_low: float = DARCY_A_LOW,
+  seed: int = 0,
 ) -> dict:
   """Validates the parameters that determine a data set, and normalises them.
 
@@ -570,8 +569,13 @@ def _parameters(
     raise ValueError(f"unknown PDE {pde!r}; choose from {', '.join(PDES)}")
   solve_resolution = resolution if solve_resolution is None else solve_resolution
   params = dict(
-      pde=pde, n_train=int(n_train), n_test=int(n_test), resolution=int(resolution),
-      solve_resolution=int(solve_resolution), seed=int(seed), version=FORMAT_VERSION,
+    pde=pde,
+    n_train=int(n_train),
+    n_test=int(n_test),
+    resolution=int(resolution),
+    solve_resolution=int(solve_resolution),
+    seed=int(seed),
+    version=FORMAT_VERSION,
   )
   for name in ("n_train", "n_test", "resolution", "solve_resolution"):
     if params[name] <= 0:
@@ -580,15 +584,17 @@ def _parameters(
     raise ValueError(f"solve_resolution {solve_resolution} is below resolution {resolution}")
   if pde == "navier_stokes":
     params.update(
-        viscosity=float(viscosity), t_final=float(t_final), dt=None if dt is None else float(dt),
-        trajectory=int(trajectory),
+      viscosity=float(viscosity),
+      t_final=float(t_final),
+      dt=None if dt is None else float(dt),
+      trajectory=int(trajectory),
     )
     positive = ("viscosity", "t_final", "trajectory") + (() if dt is None else ("dt",))
     if solve_resolution % 2:
       raise ValueError(f"solve_resolution must be even for the FFT solver, got {solve_resolution}")
     if solve_resolution % resolution:
       raise ValueError(
-          f"resolution {resolution} does not divide solve_resolution {solve_resolution}"
+        f"resolution {resolution} does not divide solve_resolution {solve_resolution}"
       )
   else:
     params.update(a_high=float(a_high), a_low=float(a_low))
@@ -599,8 +605,8 @@ def _parameters(
     # linspace(0, 1, S) iff (S - 1) divides (S2 - 1).
     if (solve_resolution - 1) % (resolution - 1):
       raise ValueError(
-          f"resolution - 1 = {resolution - 1} does not divide "
-          f"solve_resolution - 1 = {solve_resolution - 1}"
+        f"resolution - 1 = {resolution - 1} does not divide "
+        f"solve_resolution - 1 = {solve_resolution - 1}"
       )
   for name in positive:
     if not params[name] > 0:  # also rejects NaN
@@ -609,21 +615,21 @@ def _parameters(
 
 
 def generate(
-    pde: str,
-    *,
-    n_train: int,
-    n_test: int,
-    resolution: int,
-    solve_resolution: int | None = None,
-    viscosity: float = NS_VISCOSITY,
-    t_final: float = NS_T_FINAL,
-    dt: float | None = None,
-    trajectory: int = 1,
-    a_high: float = DARCY_A_HIGH,
-    a_low: float = DARCY_A_LOW,
-    seed: int = 0,
-    batch_size: int = 32,
-    verbose: bool = True,
+  pde: str,
+  *,
+  n_train: int,
+  n_test: int,
+  resolution: int,
+  solve_resolution: int | None = None,
+  viscosity: float = NS_VISCOSITY,
+  t_final: float = NS_T_FINAL,
+  dt: float | None = None,
+  trajectory: int = 1,
+  a_high: float = DARCY_A_HIGH,
+  a_low: float = DARCY_A_LOW,
+  seed: int = 0,
+  batch_size: int = 32,
+  verbose: bool = True,
 ) -> Dataset:
   """Generates a data set.
 
@@ -658,9 +664,18 @@ def generate(
       too large ``dt``).
   """
   params = _parameters(
-      pde, n_train=n_train, n_test=n_test, resolution=resolution,
-      solve_resolution=solve_resolution, viscosity=viscosity, t_final=t_final, dt=dt,
-      trajectory=trajectory, a_high=a_high, a_low=a_low, seed=seed,
+    pde,
+    n_train=n_train,
+    n_test=n_test,
+    resolution=resolution,
+    solve_resolution=solve_resolution,
+    viscosity=viscosity,
+    t_final=t_final,
+    dt=dt,
+    trajectory=trajectory,
+    a_high=a_high,
+    a_low=a_low,
+    seed=seed,
   )
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -708,7 +723,7 @@ def _checked_array(value, file: str, key: str) -> np.ndarray:
   array = np.asarray(value)
   if array.ndim not in (3, 4):
     raise ValueError(
-        f"{file}: key {key!r} has shape {array.shape}; expected (N, S, S) or (N, S, S, C)"
+      f"{file}: key {key!r} has shape {array.shape}; expected (N, S, S) or (N, S, S, C)"
     )
   if array.dtype.kind not in "biuf":
     raise ValueError(f"{file}: key {key!r} has dtype {array.dtype}; expected real numbers")
@@ -724,7 +739,7 @@ def _checked_pair(x, y, file: str, x_key: str, y_key: str) -> tuple[np.ndarray, 
     raise ValueError(f"{file}: {x_key!r} has {x.shape[0]} samples but {y_key!r} has {y.shape[0]}")
   if x.shape[1:3] != y.shape[1:3]:
     raise ValueError(
-        f"{file}: {x_key!r} has spatial shape {x.shape[1:3]} but {y_key!r} has {y.shape[1:3]}"
+      f"{file}: {x_key!r} has spatial shape {x.shape[1:3]} but {y_key!r} has {y.shape[1:3]}"
     )
   return x, y
 
@@ -816,22 +831,22 @@ def cache_file(params: dict, cache_dir: str | os.PathLike | None = None) -> path
 
 
 def load_or_generate(
-    pde: str,
-    *,
-    n_train: int,
-    n_test: int,
-    resolution: int,
-    solve_resolution: int | None = None,
-    viscosity: float = NS_VISCOSITY,
-    t_final: float = NS_T_FINAL,
-    dt: float | None = None,
-    trajectory: int = 1,
-    a_high: float = DARCY_A_HIGH,
-    a_low: float = DARCY_A_LOW,
-    seed: int = 0,
-    batch_size: int = 32,
-    cache_dir: str | os.PathLike | None = None,
-    verbose: bool = True,
+  pde: str,
+  *,
+  n_train: int,
+  n_test: int,
+  resolution: int,
+  solve_resolution: int | None = None,
+  viscosity: float = NS_VISCOSITY,
+  t_final: float = NS_T_FINAL,
+  dt: float | None = None,
+  trajectory: int = 1,
+  a_high: float = DARCY_A_HIGH,
+  a_low: float = DARCY_A_LOW,
+  seed: int = 0,
+  batch_size: int = 32,
+  cache_dir: str | os.PathLike | None = None,
+  verbose: bool = True,
 ) -> Dataset:
   """Returns a cached data set, generating and caching it on first use.
 
@@ -863,9 +878,18 @@ def load_or_generate(
     ValueError: On invalid parameters or an unreadable cache file.
   """
   params = _parameters(
-      pde, n_train=n_train, n_test=n_test, resolution=resolution,
-      solve_resolution=solve_resolution, viscosity=viscosity, t_final=t_final, dt=dt,
-      trajectory=trajectory, a_high=a_high, a_low=a_low, seed=seed,
+    pde,
+    n_train=n_train,
+    n_test=n_test,
+    resolution=resolution,
+    solve_resolution=solve_resolution,
+    viscosity=viscosity,
+    t_final=t_final,
+    dt=dt,
+    trajectory=trajectory,
+    a_high=a_high,
+    a_low=a_low,
+    seed=seed,
   )
   path = cache_file(params, cache_dir)
   if path.exists():
@@ -889,11 +913,11 @@ def load_or_generate(
 def _parser() -> argparse.ArgumentParser:
   """Builds the command-line parser: one sub-command per PDE, and ``check``."""
   parser = argparse.ArgumentParser(
-      prog="data.py",
-      description=__doc__.split("\n\n")[0],
+    prog="data.py",
+    description=__doc__.split("\n\n")[0],
   )
   commands = parser.add_subparsers(
-      dest="command", required=True, metavar="{navier_stokes,darcy,check}"
+    dest="command", required=True, metavar="{navier_stokes,darcy,check}"
   )
 
   common = argparse.ArgumentParser(add_help=False)
@@ -904,7 +928,7 @@ def _parser() -> argparse.ArgumentParser:
   common.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
   common.add_argument("--out", type=pathlib.Path, help=".npz file to write (default: the cache)")
   common.add_argument(
-      "--cache-dir", help=f"cache directory (default: ${CACHE_ENV_VAR} or {DEFAULT_CACHE_DIR})"
+    "--cache-dir", help=f"cache directory (default: ${CACHE_ENV_VAR} or {DEFAULT_CACHE_DIR})"
   )
 
   default = " (default: %(default)s)"
@@ -917,7 +941,7 @@ def _parser() -> argparse.ArgumentParser:
 
   darcy = commands.add_parser("darcy", parents=[common], help="2-D Darcy flow")
   darcy.add_argument(
-      "--a-high", type=float, default=DARCY_A_HIGH, help="a where the field is >= 0" + default
+    "--a-high", type=float, default=DARCY_A_HIGH, help="a where the field is >= 0" + default
   )
   darcy.add_argument("--a-low", type=float, default=DARCY_A_LOW, help="a elsewhere" + default)
 

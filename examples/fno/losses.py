@@ -39,9 +39,7 @@ def _central_diff(u: jax.Array, axis: int) -> jax.Array:
 
 def _h1_norm_sq(u: jax.Array) -> jax.Array:
   """Per-sample ``||u||^2 + ||du/dx||^2 + ||du/dy||^2`` on axes 1 and 2."""
-  return _per_sample_sum(
-      u**2 + _central_diff(u, 1) ** 2 + _central_diff(u, 2) ** 2
-  )
+  return _per_sample_sum(u**2 + _central_diff(u, 1) ** 2 + _central_diff(u, 2) ** 2)
 
 
 def relative_h1(pred: jax.Array, y: jax.Array) -> jax.Array:

@@ -102,11 +102,11 @@ def _low_frequencies(a: jax.Array, n: int, axis: int) -> jax.Array:
   # Explicit bounds rather than ``a[-n_neg:]``, which would keep everything
   # when ``n_neg == 0``.
   return jnp.concatenate(
-      [
-          jax.lax.slice_in_dim(a, 0, n - n_neg, axis=axis),
-          jax.lax.slice_in_dim(a, size - n_neg, size, axis=axis),
-      ],
-      axis=axis,
+    [
+      jax.lax.slice_in_dim(a, 0, n - n_neg, axis=axis),
+      jax.lax.slice_in_dim(a, size - n_neg, size, axis=axis),
+    ],
+    axis=axis,
   )
 
 
@@ -130,12 +130,12 @@ class SpectralConv2d(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_channels: int,
-      out_channels: int,
-      modes: Sequence[int],
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_channels: int,
+    out_channels: int,
+    modes: Sequence[int],
+    *,
+    rngs: nnx.Rngs,
   ):
     """Initialises the layer.
 
@@ -152,8 +152,7 @@ class SpectralConv2d(nnx.Module):
     # all H * W modes and only the kept fraction passes.) A complex standard
     # normal has E|z|^2 = 1, split evenly between real and imaginary parts.
     std = math.sqrt(2.0 / (in_channels + out_channels))
-    self.weight = nnx.Param(
-        std * jax.random.normal(rngs.params(), shape, jnp.complex64))
+    self.weight = nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.complex64))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the spectral convolution.
@@ -187,12 +186,12 @@ class ChannelMLP(nnx.Module):
   """Two pointwise linear layers with a GELU between them."""
 
   def __init__(
-      self,
-      in_channels: int,
-      hidden_channels: int,
-      out_channels: int,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_channels: int,
+    hidden_channels: int,
+    out_channels: int,
+    *,
+    rngs: nnx.Rngs,
   ):
     """Initialises the layers.
 
@@ -223,12 +222,12 @@ class FNOBlock(nnx.Module):
   """
 
   def __init__(
-      self,
-      width: int,
-      modes: Sequence[int],
-      *,
-      activate_output: bool,
-      rngs: nnx.Rngs,
+    self,
+    width: int,
+    modes: Sequence[int],
+    *,
+    activate_output: bool,
+    rngs: nnx.Rngs,
   ):
     """Initialises the block.
 
@@ -291,18 +290,18 @@ class FNO(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_channels: int,
-      out_channels: int,
-      *,
-      modes: Sequence[int] = (16, 16),
-      width: int = 32,
-      n_layers: int = 4,
-      lifting_ratio: int = 2,
-      projection_ratio: int = 2,
-      positional_embedding: bool = True,
-      remat: bool = False,
-      rngs: nnx.Rngs,
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    modes: Sequence[int] = (16, 16),
+    width: int = 32,
+    n_layers: int = 4,
+    lifting_ratio: int = 2,
+    projection_ratio: int = 2,
+    positional_embedding: bool = True,
+    remat: bool = False,
+    rngs: nnx.Rngs,
   ):
     """Initialises the model.
 
@@ -327,16 +326,11 @@ class FNO(nnx.Module):
     self.positional_embedding = positional_embedding
     self.remat = remat
     lifting_in = in_channels + (2 if positional_embedding else 0)
-    self.lifting = ChannelMLP(
-        lifting_in, lifting_ratio * width, width, rngs=rngs
+    self.lifting = ChannelMLP(lifting_in, lifting_ratio * width, width, rngs=rngs)
+    self.blocks = nnx.List(
+      [FNOBlock(width, modes, activate_output=i < n_layers - 1, rngs=rngs) for i in range(n_layers)]
     )
-    self.blocks = nnx.List([
-        FNOBlock(width, modes, activate_output=i < n_layers - 1, rngs=rngs)
-        for i in range(n_layers)
-    ])
-    self.projection = ChannelMLP(
-        width, projection_ratio * width, out_channels, rngs=rngs
-    )
+    self.projection = ChannelMLP(width, projection_ratio * width, out_channels, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps ``(B, H, W, in_channels)`` to ``(B, H, W, out_channels)``."""
@@ -360,13 +354,13 @@ class FNOConfig:
   positional_embedding: bool = True
 
   def make(
-      self,
-      in_channels: int,
-      out_channels: int,
-      *,
-      resolution: Sequence[int] | None = None,
-      remat: bool = False,
-      rngs: nnx.Rngs,
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    resolution: Sequence[int] | None = None,
+    remat: bool = False,
+    rngs: nnx.Rngs,
   ) -> FNO:
     """Builds the model.
 
@@ -386,27 +380,27 @@ class FNOConfig:
     if resolution is not None:
       modes = clip_modes(modes, resolution)
     return FNO(
-        in_channels,
-        out_channels,
-        modes=modes,
-        width=self.width,
-        n_layers=self.n_layers,
-        lifting_ratio=self.lifting_ratio,
-        projection_ratio=self.projection_ratio,
-        positional_embedding=self.positional_embedding,
-        remat=remat,
-        rngs=rngs,
+      in_channels,
+      out_channels,
+      modes=modes,
+      width=self.width,
+      n_layers=self.n_layers,
+      lifting_ratio=self.lifting_ratio,
+      projection_ratio=self.projection_ratio,
+      positional_embedding=self.positional_embedding,
+      remat=remat,
+      rngs=rngs,
     )
 
 
 PRESETS: dict[str, FNOConfig] = {
-    # Trains on 64x64 Navier-Stokes (~1000 samples) in minutes on a CPU.
-    "small": FNOConfig(modes=(16, 16), width=32),
-    # Navier-Stokes at 128x128 as in the Tensor-GaLore paper: spectral
-    # weights of shape (64, 64, 64, 33).
-    "ns128": FNOConfig(modes=(64, 64), width=64, projection_ratio=4),
-    # Darcy flow: spectral weights of shape (24, 24, 8, 5).
-    "darcy": FNOConfig(modes=(8, 8), width=24),
+  # Trains on 64x64 Navier-Stokes (~1000 samples) in minutes on a CPU.
+  "small": FNOConfig(modes=(16, 16), width=32),
+  # Navier-Stokes at 128x128 as in the Tensor-GaLore paper: spectral
+  # weights of shape (64, 64, 64, 33).
+  "ns128": FNOConfig(modes=(64, 64), width=64, projection_ratio=4),
+  # Darcy flow: spectral weights of shape (24, 24, 8, 5).
+  "darcy": FNOConfig(modes=(8, 8), width=24),
 }
 
 
@@ -435,7 +429,4 @@ def count_params(params: nnx.Module | nnx.State) -> int:
   """
   if isinstance(params, nnx.Module):
     params = nnx.state(params, nnx.Param)
-  return sum(
-      leaf.size * (2 if jnp.iscomplexobj(leaf) else 1)
-      for leaf in jax.tree.leaves(params)
-  )
+  return sum(leaf.size * (2 if jnp.iscomplexobj(leaf) else 1) for leaf in jax.tree.leaves(params))

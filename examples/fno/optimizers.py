@@ -37,14 +37,14 @@ def spectral_spec(spec: TuckerSpec):
 
 
 def make_optimizer(
-    name: str,
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    rank: float | int,
-    weight_decay: float = 1e-4,
-    update_proj_gap: int = 200,
-    moment_policy: str = "keep",
-    refresh_method: str = "sthosvd",
+  name: str,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  rank: float | int,
+  weight_decay: float = 1e-4,
+  update_proj_gap: int = 200,
+  moment_policy: str = "keep",
+  refresh_method: str = "sthosvd",
 ) -> optax.GradientTransformation:
   """One of `OPTIMIZERS`, all AdamW with the same hyper-parameters.
 
@@ -67,13 +67,13 @@ def make_optimizer(
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
   return tensor_galore_adamw(
-      learning_rate,
-      rank,
-      update_proj_gap=update_proj_gap,
-      weight_decay=weight_decay,
-      spec=spectral_spec(TUCKER if name == "tensor_galore" else MATRIX),
-      moment_policy=moment_policy,
-      refresh_method=refresh_method,
+    learning_rate,
+    rank,
+    update_proj_gap=update_proj_gap,
+    weight_decay=weight_decay,
+    spec=spectral_spec(TUCKER if name == "tensor_galore" else MATRIX),
+    moment_policy=moment_policy,
+    refresh_method=refresh_method,
   )
 
 

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 
 def plot_history(
-    history: Sequence[dict], path: str | os.PathLike, *, identity: float | None = None
+  history: Sequence[dict], path: str | os.PathLike, *, identity: float | None = None
 ) -> None:
   """Plots the training loss and the test relative L2 error per epoch.
 
@@ -43,9 +43,7 @@ def plot_history(
   plt.close(fig)
 
 
-def plot_samples(
-    x: np.ndarray, y: np.ndarray, pred: np.ndarray, path: str | os.PathLike
-) -> None:
+def plot_samples(x: np.ndarray, y: np.ndarray, pred: np.ndarray, path: str | os.PathLike) -> None:
   """Shows input, truth, prediction and error, one test sample per row.
 
   Multi-channel fields show their last channel (the final snapshot of a
@@ -64,10 +62,10 @@ def plot_samples(
     low, high = truth.min(), truth.max()
     error = np.linalg.norm(guess - truth) / np.linalg.norm(truth)
     panels = [
-        (x[i, ..., -1], "input", {}),
-        (truth, "truth", dict(vmin=low, vmax=high)),
-        (guess, "prediction", dict(vmin=low, vmax=high)),
-        (guess - truth, f"error (relative L2 {error:.3f})", dict(cmap="RdBu_r")),
+      (x[i, ..., -1], "input", {}),
+      (truth, "truth", dict(vmin=low, vmax=high)),
+      (guess, "prediction", dict(vmin=low, vmax=high)),
+      (guess - truth, f"error (relative L2 {error:.3f})", dict(cmap="RdBu_r")),
     ]
     for ax, (field, title, kwargs) in zip(row, panels, strict=True):
       if "cmap" in kwargs:
@@ -94,7 +92,7 @@ def plot_compare(rows: Sequence[dict], path: str | os.PathLike) -> None:
   markers = {"adamw": "*", "galore": "o", "tensor_galore": "s"}
   for name in dict.fromkeys(r["optimizer"] for r in rows):
     series = sorted(
-        (r for r in rows if r["optimizer"] == name), key=lambda r: r["optimizer_state_bytes"]
+      (r for r in rows if r["optimizer"] == name), key=lambda r: r["optimizer_state_bytes"]
     )
     mib = [r["optimizer_state_bytes"] / 2**20 for r in series]
     errors = [r["test_rel_l2"] for r in series]

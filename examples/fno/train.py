@@ -16,16 +16,23 @@ metrics, and `make_train_step` builds the train step alone.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import math
-import pathlib
-import statistics
-import sys
-import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import os
+
+# On CPU, LAPACK (the factor refresh's eigh and QR) runs on OpenBLAS, whose worker
+# threads spin against XLA's own threads: one LAPACK thread keeps a refresh cheap.
+# Set before numpy and jax load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import pathlib  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -43,9 +50,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from examples.fno import configs, data, losses, model, optimizers, plots  # noqa: E402
 from tensor_galore_optax import (  # noqa: E402
-    optimizer_state_bytes,
-    optimizer_state_shardings,
-    tree_bytes,
+  optimizer_state_bytes,
+  optimizer_state_shardings,
+  tree_bytes,
 )
 
 Config = configs.Config
@@ -90,10 +97,10 @@ def per_sample_rel_l2(pred: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef,
-    optimizer: optax.GradientTransformation,
-    norm: Normalizer,
-    loss: str = "l2",
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  norm: Normalizer,
+  loss: str = "l2",
 ) -> Callable[[nnx.State, optax.OptState, jax.Array, jax.Array], tuple]:
   """Builds one optimisation step; jit it with the shardings of the run.
 
@@ -110,9 +117,7 @@ def make_train_step(
   loss_fn = LOSS_FNS[loss]
 
   def train_step(params, opt_state, x, y):
-    value, grads = jax.value_and_grad(
-        lambda p: loss_fn(predict(graphdef, p, norm, x), y)
-    )(params)
+    value, grads = jax.value_and_grad(lambda p: loss_fn(predict(graphdef, p, norm, x), y))(params)
     # For complex parameters (the spectral weights), jax.grad of a real loss
     # is the conjugate of the steepest-ascent direction: conjugate it so that
     # the optimizer descends.
@@ -132,11 +137,11 @@ def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
   """One epoch of linear warm-up, then a cosine decay to 1% of ``config.lr``."""
   total = config.epochs * steps_per_epoch
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=config.lr,
-      warmup_steps=min(steps_per_epoch, total // 2),
-      decay_steps=total,
-      end_value=0.01 * config.lr,
+    init_value=0.0,
+    peak_value=config.lr,
+    warmup_steps=min(steps_per_epoch, total // 2),
+    decay_steps=total,
+    end_value=0.01 * config.lr,
   )
 
 
@@ -192,7 +197,7 @@ class Run(NamedTuple):
 
 
 def build_optimizer(
-    config: Config, params: Any, schedule: optax.ScalarOrSchedule
+  config: Config, params: Any, schedule: optax.ScalarOrSchedule
 ) -> tuple[optax.GradientTransformation, float | int | None]:
   """Makes ``config.optimizer``, resolving its rank.
 
@@ -205,10 +210,10 @@ def build_optimizer(
     The optimizer and its rank (``None`` for AdamW).
   """
   kwargs = dict(
-      weight_decay=config.weight_decay,
-      update_proj_gap=config.update_proj_gap,
-      moment_policy=config.moment_policy,
-      refresh_method=config.refresh_method,
+    weight_decay=config.weight_decay,
+    update_proj_gap=config.update_proj_gap,
+    moment_policy=config.moment_policy,
+    refresh_method=config.refresh_method,
   )
   rank = config.rank
   if config.optimizer == "adamw":
@@ -217,8 +222,8 @@ def build_optimizer(
     rank = config.tensor_rank
   elif rank is None:
     target = optimizer_state_bytes(
-        optimizers.make_optimizer("tensor_galore", schedule, rank=config.tensor_rank, **kwargs),
-        params,
+      optimizers.make_optimizer("tensor_galore", schedule, rank=config.tensor_rank, **kwargs),
+      params,
     )
     rank = optimizers.matched_galore_rank(params, target, **kwargs)
   return optimizers.make_optimizer(config.optimizer, schedule, rank=rank, **kwargs), rank
@@ -240,11 +245,11 @@ def load_data(config: Config) -> data.Dataset:
   if config.data is not None:
     return data.load_dataset(config.data)
   return data.load_or_generate(
-      config.pde,
-      n_train=config.n_train,
-      n_test=config.n_test,
-      resolution=config.resolution,
-      verbose=config.progress,
+    config.pde,
+    n_train=config.n_train,
+    n_test=config.n_test,
+    resolution=config.resolution,
+    verbose=config.progress,
   )
 
 
@@ -266,8 +271,8 @@ def check_data(config: Config, ds: data.Dataset, mesh: Mesh) -> None:
   x_train, y_train, x_test, y_test = map(with_channels, ds)
   if x_train.shape[-1] != x_test.shape[-1] or y_train.shape[-1] != y_test.shape[-1]:
     raise ValueError(
-        f"train and test channels differ: x {x_train.shape[-1]} vs {x_test.shape[-1]}, "
-        f"y {y_train.shape[-1]} vs {y_test.shape[-1]}"
+      f"train and test channels differ: x {x_train.shape[-1]} vs {x_test.shape[-1]}, "
+      f"y {y_train.shape[-1]} vs {y_test.shape[-1]}"
     )
   if config.batch_size > len(x_train):
     raise ValueError(f"batch_size {config.batch_size} exceeds the {len(x_train)} train samples")
@@ -284,21 +289,21 @@ def build(config: Config, ds: data.Dataset, mesh: Mesh, schedule: optax.Schedule
 
   def make(key):
     return fno.make(
-        x_train.shape[-1],
-        y_train.shape[-1],
-        resolution=x_train.shape[1:3],
-        remat=config.remat,
-        rngs=nnx.Rngs(key),
+      x_train.shape[-1],
+      y_train.shape[-1],
+      resolution=x_train.shape[1:3],
+      remat=config.remat,
+      rngs=nnx.Rngs(key),
     )
 
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(0)))
   param_shardings = jax.tree.map(
-      lambda leaf: param_sharding(mesh, leaf, config.fsdp_min_size), abstract
+    lambda leaf: param_sharding(mesh, leaf, config.fsdp_min_size), abstract
   )
   # One compilation for the whole initialisation, rather than one per eager
   # random draw, placed directly with the parameters' shardings.
   params = jax.jit(lambda key: nnx.split(make(key))[1], out_shardings=param_shardings)(
-      jax.random.key(config.seed)
+    jax.random.key(config.seed)
   )
   optimizer, rank = build_optimizer(config, abstract, schedule)
   state_shardings = optimizer_state_shardings(optimizer, abstract, param_shardings)
@@ -331,8 +336,8 @@ def identity_rel_l2(x: np.ndarray, y: np.ndarray) -> float | None:
 def checkpoint_manager(out: pathlib.Path) -> ocp.CheckpointManager:
   """Keeps the last two epochs' checkpoints in ``out/checkpoints``."""
   return ocp.CheckpointManager(
-      (out / "checkpoints").absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+    (out / "checkpoints").absolute(),
+    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
   )
 
 
@@ -340,10 +345,8 @@ def save_checkpoint(manager, epoch: int, params, opt_state, rng: jax.Array, hist
   """Saves the training state after ``epoch``; the history goes alongside as JSON."""
   state = {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(rng)}
   manager.save(
-      epoch,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
-      ),
+    epoch,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)),
   )
 
 
@@ -362,19 +365,22 @@ def restore_checkpoint(manager, params, opt_state, rng: jax.Array) -> tuple:
   """
   epoch = manager.latest_step()
   abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-      {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(rng)},
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+    {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(rng)},
   )
   restored = manager.restore(
-      epoch,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-      ),
+    epoch,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+    ),
   )
   state = restored.state
   return (
-      epoch, state["params"], state["opt_state"], jax.random.wrap_key_data(state["rng"]),
-      restored.history,
+    epoch,
+    state["params"],
+    state["opt_state"],
+    jax.random.wrap_key_data(state["rng"]),
+    restored.history,
   )
 
 
@@ -405,9 +411,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   train_step = jax.jit(
-      make_train_step(run.graphdef, run.optimizer, norm, config.loss),
-      in_shardings=(run.param_shardings, run.state_shardings, batch_sharding, batch_sharding),
-      out_shardings=(run.param_shardings, run.state_shardings, replicated),
+    make_train_step(run.graphdef, run.optimizer, norm, config.loss),
+    in_shardings=(run.param_shardings, run.state_shardings, batch_sharding, batch_sharding),
+    out_shardings=(run.param_shardings, run.state_shardings, replicated),
   )
   eval_step = jax.jit(make_eval_step(run.graphdef, norm), out_shardings=replicated)
 
@@ -426,7 +432,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       manager.delete(step)
   elif manager.latest_step() is not None:
     last_epoch, params, opt_state, rng, history = restore_checkpoint(
-        manager, params, opt_state, rng
+      manager, params, opt_state, rng
     )
     print(f"resumed from epoch {last_epoch} in {manager.directory}")
 
@@ -437,7 +443,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     order = np.asarray(jax.random.permutation(key, len(x_train)))
     epoch_losses = []
     bar = tqdm.trange(
-        steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress
+      steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress
     )
     for i in bar:
       index = order[i * config.batch_size : (i + 1) * config.batch_size]
@@ -450,15 +456,15 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{config.batch_size / step_times[-1]:.1f}")
     test_error = evaluate_split(params, x_test, y_test)
     history.append(
-        dict(
-            epoch=epoch,
-            train_loss=float(np.mean(epoch_losses)),
-            test_rel_l2=test_error,
-            seconds=time.perf_counter() - epoch_start,
-        )
+      dict(
+        epoch=epoch,
+        train_loss=float(np.mean(epoch_losses)),
+        test_rel_l2=test_error,
+        seconds=time.perf_counter() - epoch_start,
+      )
     )
     print(
-        f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, test rel L2 {test_error:.4f}"
+      f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, test rel L2 {test_error:.4f}"
     )
     save_checkpoint(manager, epoch, params, opt_state, rng, history)
   manager.wait_until_finished()
@@ -467,34 +473,39 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   # The first step of this process compiles; the rest time the step itself.
   timed = step_times[1:] or step_times
   metrics = dict(
-      test_rel_l2=evaluate_split(params, x_test, y_test),
-      train_rel_l2=evaluate_split(params, x_train, y_train),
-      identity_rel_l2=identity_rel_l2(x_test, y_test),
-      optimizer=config.optimizer,
-      rank=run.rank,
-      optimizer_state_bytes=optimizer_state_bytes(run.optimizer, params),
-      params_bytes=tree_bytes(params),
-      n_params=model.count_params(params),
-      step_seconds=statistics.median(timed) if timed else None,
-      samples_per_second=config.batch_size / statistics.median(timed) if timed else None,
-      epochs=config.epochs,
-      history=history,
-      wall_seconds=time.perf_counter() - start_time,
-      devices=math.prod(mesh.shape.values()),
-      config=dataclasses.asdict(config),
+    test_rel_l2=evaluate_split(params, x_test, y_test),
+    train_rel_l2=evaluate_split(params, x_train, y_train),
+    identity_rel_l2=identity_rel_l2(x_test, y_test),
+    optimizer=config.optimizer,
+    rank=run.rank,
+    optimizer_state_bytes=optimizer_state_bytes(run.optimizer, params),
+    # What AdamW would hold for the same parameters, from shapes alone.
+    adamw_state_bytes=optimizer_state_bytes(optax.adamw(1e-3), params),
+    params_bytes=tree_bytes(params),
+    n_params=model.count_params(params),
+    step_seconds=statistics.median(timed) if timed else None,
+    samples_per_second=config.batch_size / statistics.median(timed) if timed else None,
+    epochs=config.epochs,
+    history=history,
+    wall_seconds=time.perf_counter() - start_time,
+    devices=math.prod(mesh.shape.values()),
+    config=dataclasses.asdict(config),
   )
   out.mkdir(parents=True, exist_ok=True)
   (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
   plots.plot_history(history, out / "loss.png", identity=metrics["identity_rel_l2"])
   n_show = min(3, len(x_test))
   pred = jax.jit(lambda p, x: predict(run.graphdef, p, norm, x), out_shardings=replicated)(
-      params, jax.device_put(x_test[:n_show], replicated)
+    params, jax.device_put(x_test[:n_show], replicated)
   )
   plots.plot_samples(x_test[:n_show], y_test[:n_show], np.asarray(pred), out / "samples.png")
+  mb = lambda b: f"{b / 1e6:.2f} MB"
   print(
-      f"test rel L2 {metrics['test_rel_l2']:.4f} (identity {metrics['identity_rel_l2']}), "
-      f"train rel L2 {metrics['train_rel_l2']:.4f}, {metrics['wall_seconds']:.0f} s; "
-      f"wrote {out}"
+    f"test rel L2 {metrics['test_rel_l2']:.4f} (identity {metrics['identity_rel_l2']}), "
+    f"train rel L2 {metrics['train_rel_l2']:.4f}, {metrics['wall_seconds']:.0f} s\n"
+    f"{config.optimizer} optimizer state {mb(metrics['optimizer_state_bytes'])}: "
+    f"{metrics['optimizer_state_bytes'] / metrics['adamw_state_bytes']:.2f}x AdamW's "
+    f"{mb(metrics['adamw_state_bytes'])}; wrote {out}"
   )
   return metrics
 
