@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-  python examples/fno/compare.py --ranks 0.25,0.1 --out runs/compare
+  python examples/fno/compare.py --ranks 0.2,0.1 --out runs/compare
 
 AdamW trains once; Tensor-GaLore trains at each rank, and GaLore at the int
 rank whose optimizer state is closest in bytes to Tensor-GaLore's at that
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--ranks",
     type=parse_ranks,
-    default=[0.25, 0.1],
-    help="Tensor-GaLore ranks, comma-separated (default: 0.25,0.1)",
+    default=[0.2, 0.1],
+    help="Tensor-GaLore ranks, comma-separated (default: 0.2,0.1)",
   )
   configs.add_arguments(parser, skip=("optimizer", "rank", "tensor_rank", "resume"))
   parser.set_defaults(out="runs/compare")
