@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -100,3 +101,12 @@ def timed(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def report(rows: list[dict], table: str, out: pathlib.Path | None) -> None:
+  """Prints the machine and the table; writes ``out`` (JSON) and the table beside it (.md)."""
+  print(f"\n{machine()}\n\n{table}")
+  if out:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    out.with_suffix(".md").write_text(table + "\n")

@@ -18,7 +18,6 @@ Usage::
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -141,12 +140,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   ranks = tuple(float(r) for r in args.ranks.split(","))
   rows = rows_for(args.config, ranks, (False,) if args.no_remat else (False, True))
-  table = markdown(rows)
-  print(f"\n{common.machine()}\n\n{table}")
+  common.report(rows, markdown(rows), args.out)
   if args.out:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": common.machine(), "rows": rows}, indent=2))
-    args.out.with_suffix(".md").write_text(table + "\n")
     bar_chart(rows, args.out.with_suffix(".png"))
   return 0
 

@@ -12,7 +12,6 @@ Usage::
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -115,12 +114,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
   rows = measure(args.config, args.rank, args.gap, args.repeats, args.methods.split(","))
-  table = markdown(rows)
-  print(f"\n{common.machine()}\n\n{table}")
-  if args.out:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": common.machine(), "rows": rows}, indent=2))
-    args.out.with_suffix(".md").write_text(table + "\n")
+  common.report(rows, markdown(rows), args.out)
   return 0
 
 
