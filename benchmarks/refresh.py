@@ -182,10 +182,12 @@ def main(argv=None) -> int:
     parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
   results = [run(name, args.repeats) for name in names]
   report = {"machine": common.machine(), "results": results}
-  print(markdown(results))
+  table = markdown(results)
+  print(table)
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(table + "\n")
   return 0
 
 
