@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from examples.fno import losses, model, optimizers  # noqa: E402
+from examples.fno import configs, losses, model, optimizers  # noqa: E402
 from tensor_galore_optax import optimizer_state_bytes  # noqa: E402
 
 
@@ -38,9 +38,13 @@ class BenchConfig:
   batch: int
 
 
+_EXAMPLE = configs.Config()
+
 CONFIGS = {
   # The FNO example's CPU default (NS-64).
-  "small": BenchConfig(model.PRESETS["small"], resolution=64, batch=16),
+  "small": BenchConfig(
+    model.PRESETS[_EXAMPLE.preset], resolution=_EXAMPLE.resolution, batch=_EXAMPLE.batch_size
+  ),
   # The Tensor-GaLore paper's Navier-Stokes model: spectral weights (64, 64, 64, 33).
   "ns128": BenchConfig(model.PRESETS["ns128"], resolution=128, batch=8),
 }
