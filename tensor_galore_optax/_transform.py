@@ -395,7 +395,11 @@ def _check_moment_shapes(updates, treedef, plans, base_state) -> None:
   paths_and_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
 
   def check(name, tree):
-    for (path, leaf), plan, moment in zip(paths_and_leaves, plans, treedef.flatten_up_to(tree)):
+    try:
+      moments = treedef.flatten_up_to(tree)
+    except (ValueError, TypeError):
+      return tree  # A field of another layout: not a per-leaf moment to check.
+    for (path, leaf), plan, moment in zip(paths_and_leaves, plans, moments):
       core_shape = tuple(leaf.shape) if plan is None else plan.core_shape
       if hasattr(moment, "shape") and tuple(moment.shape) != core_shape:
         raise ValueError(
