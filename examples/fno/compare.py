@@ -46,24 +46,16 @@ def runs(config: configs.Config, ranks: list[float]) -> list[configs.Config]:
   result = [dataclasses.replace(config, optimizer="adamw", rank=None, out=str(out / "adamw"))]
   for rank in ranks:
     # rank=None makes GaLore match Tensor-GaLore's state bytes at tensor_rank.
-    result.append(
-      dataclasses.replace(
-        config,
-        optimizer="galore",
-        rank=None,
-        tensor_rank=rank,
-        out=str(out / f"galore_{rank:g}"),
+    for name, own_rank in (("galore", None), ("tensor_galore", rank)):
+      result.append(
+        dataclasses.replace(
+          config,
+          optimizer=name,
+          rank=own_rank,
+          tensor_rank=rank,
+          out=str(out / f"{name}_{rank:g}"),
+        )
       )
-    )
-    result.append(
-      dataclasses.replace(
-        config,
-        optimizer="tensor_galore",
-        rank=rank,
-        tensor_rank=rank,
-        out=str(out / f"tensor_galore_{rank:g}"),
-      )
-    )
   return result
 
 
