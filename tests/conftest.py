@@ -1,4 +1,4 @@
-"""Shared test set-up."""
+"""Shared test set-up: CPU threads, eight host devices and the hypothesis profiles."""
 
 import os
 
@@ -6,3 +6,26 @@ import os
 # eigendecompositions orders of magnitude slower inside a busy process (see
 # benchmarks/common.py). Set before anything loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Eight CPU devices for the whole suite, so that tests/test_sharding.py can shard over a mesh
+# of 8 (single-device tests use the first one). JAX reads this when its backend starts, which
+# must not have happened yet; unlike XLA_FLAGS, it does not leak into subprocesses (the example
+# runs keep their own device count).
+jax.config.update("jax_num_cpu_devices", 8)
+
+# Property tests: random and fresh examples while developing; in CI (`CI` set, as `.ci/run`
+# does) the examples are derived from each test's name, so a failure reproduces on any
+# machine. `HYPOTHESIS_PROFILE=ci pytest ...` replays CI's examples locally.
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.register_profile(
+  "ci",
+  derandomize=True,
+  database=None,
+  deadline=None,
+  print_blob=True,
+  suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
