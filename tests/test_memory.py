@@ -34,7 +34,8 @@ def test_tensor_galore_adamw_state_bytes_match_the_shapes():
   assert measured == expected
 
   adamw = optimizer_state_bytes(optax.adamw(1e-3), params)
-  assert adamw == 2 * tree_bytes(params) + 4
+  param_bytes = 64 * 64 * 64 * 33 * complex_bytes + 256 * 128 * real_bytes + 128 * real_bytes
+  assert adamw == 2 * param_bytes + 4  # two moments and Adam's int32 count
   assert measured / adamw < 0.3
 
 

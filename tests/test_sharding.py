@@ -154,6 +154,7 @@ def test_map_params_treats_factors_and_cores_as_parameters():
   tx = tensor_galore_adamw(1e-3, rank=0.5, min_size=1)
   visited = []
   optax.tree.map_params(tx, lambda v: visited.append(v.shape) or v, tx.init(params))
+  # rank 0.5 over 3 modes keeps ceil(I_n * 0.5 ** (1 / 3)) = ceil(0.794 I_n): (13, 7, 4).
   assert (16, 13) in visited  # a factor
   assert (13, 7, 4) in visited  # the core-shaped moments
 
