@@ -1,32 +1,17 @@
-"""What the benchmarks share: configurations, the FNO train step, timing."""
+"""What the benchmarks share: configurations, the FNO train step, timing, reports."""
 
-import os
+import dataclasses
+import json
+import pathlib
+import platform
+import statistics
+import time
 
-# On CPU, LAPACK (eigh, QR, SVD inside XLA's custom calls) runs on OpenBLAS, whose
-# worker threads spin against XLA's own threads: a 32x32 complex eigh measured
-# 0.1 ms alone and over 100 ms inside a busy process. One LAPACK thread avoids it.
-# Must be set before numpy/jax load OpenBLAS.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
-
-from examples.fno import configs, losses, model, optimizers  # noqa: E402
-from tensor_galore_optax import optimizer_state_bytes  # noqa: E402
+from examples.fno import configs, model, optimizers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +36,7 @@ CONFIGS = {
 
 
 def machine() -> str:
+  """The platform, the first device's kind, the device count and jax's version."""
   device = jax.devices()[0]
   return (
     f"{platform.machine()} {device.platform} ({device.device_kind}), "
@@ -67,33 +53,45 @@ def build_params(config: BenchConfig, *, remat: bool = False, seed: int = 0):
 
 
 def abstract_batch(config: BenchConfig):
+  """Shape structs of one batch ``(x, y)``."""
   shape = (config.batch, config.resolution, config.resolution, 1)
   return jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def make_optimizer(name: str, rank, params, lr=1e-3, **kwargs):
-  """The example's optimizers; GaLore's int rank matches Tensor-GaLore's bytes at ``rank``."""
-  if name == "galore":
-    tg_bytes = optimizer_state_bytes(
-      optimizers.make_optimizer("tensor_galore", lr, rank=rank, **kwargs), params
-    )
-    rank = optimizers.matched_galore_rank(params, tg_bytes, **kwargs)
-  return optimizers.make_optimizer(name, lr, rank=rank, **kwargs), rank
+def make_optimizer(name: str, rank, params, lr=1e-3, **settings):
+  """The example's optimizer ``name`` at Tensor-GaLore rank ``rank``, and its own rank.
+
+  Tensor-GaLore takes ``rank``; GaLore the int rank whose state matches
+  Tensor-GaLore's bytes at ``rank`` (`optimizers.build`).
+  """
+  return optimizers.build(name, lr, params, tensor_rank=rank, **settings)
 
 
-def train_step(graphdef, optimizer: optax.GradientTransformation):
-  """Forward, backward (complex gradients conjugated), optimizer, apply_updates."""
+def rank_text(row: dict) -> str:
+  """A row's rank for a table, with GaLore's int rank: ``0.25 (r=35)``; ``""`` for none."""
+  text = "" if row["rank"] is None else f"{row['rank']}"
+  if "galore_int_rank" in row:
+    text += f" (r={row['galore_int_rank']})"
+  return text
 
-  def step(params, opt_state, x, y):
-    def loss_fn(p):
-      return losses.relative_lp(model.apply(graphdef, p, x), y)
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    grads = optax.tree.conj(grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+def compiled_memory(step, *args) -> dict:
+  """XLA's memory analysis of ``step`` compiled on ``args`` (arrays or shape structs).
 
-  return step
+  ``step_bytes`` is the peak estimate ``argument + output + temp - alias``:
+  donated outputs alias their arguments and count once.
+  """
+  analysis = step.lower(*args).compile().memory_analysis()
+  sizes = {
+    "argument_bytes": analysis.argument_size_in_bytes,
+    "output_bytes": analysis.output_size_in_bytes,
+    "temp_bytes": analysis.temp_size_in_bytes,
+    "alias_bytes": analysis.alias_size_in_bytes,
+  }
+  sizes["step_bytes"] = (
+    sizes["argument_bytes"] + sizes["output_bytes"] + sizes["temp_bytes"] - sizes["alias_bytes"]
+  )
+  return sizes
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -107,10 +105,16 @@ def timed(fn, *args, repeats: int) -> float:
   return statistics.median(times)
 
 
-def report(rows: list[dict], table: str, out: pathlib.Path | None) -> None:
-  """Prints the machine and the table; writes ``out`` (JSON) and the table beside it (.md)."""
+def report(results: dict, table: str, out: pathlib.Path | None) -> None:
+  """Prints the machine and the table; writes ``out`` (JSON) and the table beside it (.md).
+
+  Args:
+    results: What the JSON holds besides the machine, e.g. ``{"rows": rows}``.
+    table: The Markdown table(s).
+    out: The JSON file, or ``None`` to write nothing.
+  """
   print(f"\n{machine()}\n\n{table}")
   if out:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine(), **results}, indent=2))
     out.with_suffix(".md").write_text(table + "\n")

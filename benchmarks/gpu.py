@@ -12,10 +12,10 @@ Two measurements that need an accelerator (on CPU, ``memory_stats()`` is None):
   step must fit the device's ``bytes_limit``), and the answer checked by running
   one real step at that width.
 
-Usage (the whole GPU check is ``benchmarks/gpu.sh``)::
+Usage, from the repository root (the whole GPU check is ``bash benchmarks/gpu.sh``)::
 
-  python benchmarks/gpu.py peak --config ns128 --out peak.json
-  python benchmarks/gpu.py width --config ns128 --out width.json
+  python -m benchmarks.gpu peak --config ns128 --out peak.json
+  python -m benchmarks.gpu width --config ns128 --out width.json
 """
 
 import argparse
@@ -26,12 +26,14 @@ import pathlib
 import subprocess
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+from benchmarks import common
+from examples.fno.steps import make_train_step
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _one_row(config_name, optimizer_name, rank, remat, width, steps, compile_only):
@@ -41,20 +43,15 @@ def _one_row(config_name, optimizer_name, rank, remat, width, steps, compile_onl
     config = dataclasses.replace(config, preset=dataclasses.replace(config.preset, width=width))
   graphdef, params = common.build_params(config, remat=remat)
   optimizer, _ = common.make_optimizer(optimizer_name, rank, params)
-  step = jax.jit(common.train_step(graphdef, optimizer), donate_argnums=(0, 1))
+  step = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1))
   x_shape, _ = common.abstract_batch(config)
   row = {"optimizer": optimizer_name, "rank": rank, "remat": remat, "width": config.preset.width}
   device = jax.devices()[0]
   if compile_only:
     state_shape = jax.eval_shape(optimizer.init, params)
-    compiled = step.lower(jax.eval_shape(lambda: params), state_shape, x_shape, x_shape).compile()
-    a = compiled.memory_analysis()
-    row["step_bytes"] = (
-      a.argument_size_in_bytes
-      + a.output_size_in_bytes
-      + a.temp_size_in_bytes
-      - a.alias_size_in_bytes
-    )
+    params_shape = jax.eval_shape(lambda: params)
+    memory = common.compiled_memory(step, params_shape, state_shape, x_shape, x_shape)
+    row["step_bytes"] = memory["step_bytes"]
     row["bytes_limit"] = (device.memory_stats() or {}).get("bytes_limit")
   else:
     rng = np.random.default_rng(0)
@@ -74,7 +71,12 @@ def _spawn(args: list[str]) -> dict | None:
   """Runs `_one_row` in a child process; None when it failed (e.g. out of memory)."""
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   out = subprocess.run(
-    [sys.executable, __file__, "row", *args], capture_output=True, text=True, env=env, check=False
+    [sys.executable, "-m", "benchmarks.gpu", "row", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
   )
   rows = [line[4:] for line in out.stdout.splitlines() if line.startswith("ROW ")]
   if out.returncode or not rows:
@@ -131,7 +133,9 @@ def main(argv=None) -> int:
       c, name, float(rank), bool(int(remat)), int(width), int(steps), bool(int(compile_only))
     )
     return 0
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("mode", choices=("peak", "width"))
   parser.add_argument("--config", choices=sorted(common.CONFIGS), default="ns128")
   parser.add_argument("--rank", type=float, default=0.25)

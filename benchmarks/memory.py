@@ -12,9 +12,9 @@ donated, lowered on abstract shapes and compiled *without running it*. Per row:
   are params, state and the batch; donation lets outputs alias the donated
   arguments, so aliased bytes are counted once.
 
-Usage::
+Usage, from the repository root::
 
-  python benchmarks/memory.py --config ns128 --out benchmarks/results/memory_ns128.json
+  python -m benchmarks.memory --config ns128 --out benchmarks/results/memory_ns128.json
 """
 
 import argparse
@@ -23,37 +23,29 @@ import sys
 
 import jax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-
-from tensor_galore_optax import tree_bytes  # noqa: E402
+from benchmarks import common
+from examples.fno.steps import make_train_step
+from examples.fno.tables import markdown_table
+from tensor_galore_optax import tree_bytes
 
 RANKS = (0.25, 0.1, 0.05)
 
 
 def compiled_step_memory(config, optimizer, params, *, remat: bool):
+  """The compiled step's memory analysis and the state and parameter bytes."""
   graphdef, _ = common.build_params(config, remat=remat)
-  step = jax.jit(common.train_step(graphdef, optimizer), donate_argnums=(0, 1))
+  step = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1))
   abstract_params = jax.eval_shape(lambda: params)
   abstract_state = jax.eval_shape(optimizer.init, params)
-  x, y = common.abstract_batch(config)
-  analysis = step.lower(abstract_params, abstract_state, x, y).compile().memory_analysis()
   return {
-    "argument_bytes": analysis.argument_size_in_bytes,
-    "output_bytes": analysis.output_size_in_bytes,
-    "temp_bytes": analysis.temp_size_in_bytes,
-    "alias_bytes": analysis.alias_size_in_bytes,
-    "step_bytes": analysis.argument_size_in_bytes
-    + analysis.output_size_in_bytes
-    + analysis.temp_size_in_bytes
-    - analysis.alias_size_in_bytes,
+    **common.compiled_memory(step, abstract_params, abstract_state, *common.abstract_batch(config)),
     "optimizer_state_bytes": tree_bytes(abstract_state),
     "params_bytes": tree_bytes(abstract_params),
   }
 
 
 def rows_for(config_name: str, ranks=RANKS, remats=(False, True)):
+  """One row per remat setting, optimizer and rank, with ratios to AdamW's."""
   config = common.CONFIGS[config_name]
   _, params = common.build_params(config)
   plan = [("adamw", None)] + [(name, r) for r in ranks for name in ("galore", "tensor_galore")]
@@ -79,26 +71,24 @@ def rows_for(config_name: str, ranks=RANKS, remats=(False, True)):
   return rows
 
 
-def markdown(rows) -> str:
-  mib = lambda b: f"{b / 2**20:,.1f}"
-  lines = [
-    "| optimizer | rank | remat | optimizer state MiB (vs adamw) | params MiB | step MiB (vs "
-    "adamw) | temp MiB |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  for r in rows:
-    rank = "" if r["rank"] is None else f"{r['rank']}"
-    if "galore_int_rank" in r:
-      rank += f" (r={r['galore_int_rank']})"
-    lines.append(
-      f"| {r['optimizer']} | {rank} | {r['remat']} | {mib(r['optimizer_state_bytes'])} "
-      f"({r['state_vs_adamw']:.3f}x) | {mib(r['params_bytes'])} | {mib(r['step_bytes'])} "
-      f"({r['step_vs_adamw']:.3f}x) | {mib(r['temp_bytes'])} |"
-    )
-  return "\n".join(lines)
+def _mib(key: str, ratio: str | None = None):
+  """A cell of ``row[key]`` bytes in MiB, with ``row[ratio]`` after it."""
+  return lambda r: f"{r[key] / 2**20:,.1f}" + (f" ({r[ratio]:.3f}x)" if ratio else "")
+
+
+COLUMNS = (
+  ("optimizer", lambda r: r["optimizer"]),
+  ("rank", common.rank_text),
+  ("remat", lambda r: str(r["remat"])),
+  ("optimizer state MiB (vs adamw)", _mib("optimizer_state_bytes", "state_vs_adamw")),
+  ("params MiB", _mib("params_bytes")),
+  ("step MiB (vs adamw)", _mib("step_bytes", "step_vs_adamw")),
+  ("temp MiB", _mib("temp_bytes")),
+)
 
 
 def bar_chart(rows, path: pathlib.Path) -> None:
+  """Optimizer state and compiled step per optimizer and rank (no remat), as a PNG."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -127,7 +117,9 @@ def bar_chart(rows, path: pathlib.Path) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.memory", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--config", choices=sorted(common.CONFIGS), default="small")
   parser.add_argument("--ranks", default=",".join(map(str, RANKS)))
   parser.add_argument("--no-remat", action="store_true", help="skip the remat rows")
@@ -140,7 +132,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   ranks = tuple(float(r) for r in args.ranks.split(","))
   rows = rows_for(args.config, ranks, (False,) if args.no_remat else (False, True))
-  common.report(rows, markdown(rows), args.out)
+  common.report({"rows": rows}, markdown_table(rows, COLUMNS), args.out)
   if args.out:
     bar_chart(rows, args.out.with_suffix(".png"))
   return 0

@@ -5,88 +5,94 @@ Trains the FNO example with Tensor-GaLore under each policy and several seeds
 run crosses several refreshes, and reports the test relative L2 per run and its
 mean and spread per policy.
 
-Usage::
+Usage, from the repository root::
 
-  python benchmarks/moment_policy.py --seeds 0,1,2 --epochs 6 --gap 50 \\
+  python -m benchmarks.moment_policy --seeds 0,1,2 --epochs 6 --gap 50 \\
       --out benchmarks/results/moment_policy.json
 """
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import statistics
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from benchmarks import common
+from examples.fno import configs, train
+from examples.fno.tables import markdown_table
+from tensor_galore_optax import MOMENT_POLICIES
 
-import common  # noqa: E402, F401  (first: it configures the process before jax loads)
-
-from examples.fno import configs, train  # noqa: E402
-from tensor_galore_optax import MOMENT_POLICIES  # noqa: E402
+COLUMNS = (
+  ("policy", lambda s: s["policy"]),
+  ("test rel L2 per seed", lambda s: ", ".join(f"{e:.4f}" for e in s["errors"])),
+  ("mean", lambda s: f"{s['mean']:.4f}"),
+  ("stdev", lambda s: f"{s['stdev']:.4f}"),
+)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.moment_policy", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--epochs", type=int, default=6)
   parser.add_argument("--gap", type=int, default=50)
   parser.add_argument("--rank", type=float, default=0.25)
   parser.add_argument("--policies", default=",".join(MOMENT_POLICIES))
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/moment_policy.json"))
+  parser.add_argument(
+    "--overwrite", action="store_true", help="replace the runs already beside --out"
+  )
   args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(",")]
+  policies = args.policies.split(",")
+  plan = [
+    dataclasses.replace(
+      configs.Config(),
+      optimizer="tensor_galore",
+      rank=args.rank,
+      epochs=args.epochs,
+      update_proj_gap=args.gap,
+      moment_policy=policy,
+      seed=seed,
+      out=str(args.out.parent / f"moment_{policy}_{seed}"),
+      overwrite=args.overwrite,
+      progress=False,
+    )
+    for policy in policies
+    for seed in seeds
+  ]
+  try:
+    for config in plan:
+      train.check_config(config)
+  except configs.ConfigError as e:
+    parser.error(str(e))
   runs = []
-  for policy in args.policies.split(","):
-    for seed in seeds:
-      config = dataclasses.replace(
-        configs.Config(),
-        optimizer="tensor_galore",
-        rank=args.rank,
-        epochs=args.epochs,
-        update_proj_gap=args.gap,
-        moment_policy=policy,
-        seed=seed,
-        out=str(args.out.parent / f"moment_{policy}_{seed}"),
-        progress=False,
-      )
-      metrics = train.train_and_evaluate(config)
-      runs.append(
-        {
-          "policy": policy,
-          "seed": seed,
-          "test_rel_l2": metrics["test_rel_l2"],
-          "train_rel_l2": metrics["train_rel_l2"],
-        }
-      )
-      print(f"{policy:7s} seed {seed}: test rel L2 {metrics['test_rel_l2']:.4f}", flush=True)
-  lines = ["| policy | test rel L2 per seed | mean | stdev |", "|---|---|---|---|"]
+  for config in plan:
+    metrics = train.train_and_evaluate(config)
+    runs.append(
+      {
+        "policy": config.moment_policy,
+        "seed": config.seed,
+        "test_rel_l2": metrics["test_rel_l2"],
+        "train_rel_l2": metrics["train_rel_l2"],
+      }
+    )
+    print(
+      f"{config.moment_policy:7s} seed {config.seed}: test rel L2 {metrics['test_rel_l2']:.4f}",
+      flush=True,
+    )
   summary = {}
-  for policy in args.policies.split(","):
+  for policy in policies:
     errors = [r["test_rel_l2"] for r in runs if r["policy"] == policy]
     summary[policy] = {
+      "errors": errors,
       "mean": statistics.mean(errors),
       "stdev": statistics.stdev(errors) if len(errors) > 1 else 0.0,
     }
-    lines.append(
-      f"| {policy} | {', '.join(f'{e:.4f}' for e in errors)} | "
-      f"{summary[policy]['mean']:.4f} | {summary[policy]['stdev']:.4f} |"
-    )
-  table = "\n".join(lines)
-  print(f"\n{common.machine()}\n\n{table}")
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(
-    json.dumps(
-      {
-        "machine": common.machine(),
-        "settings": vars(args) | {"out": str(args.out)},
-        "runs": runs,
-        "summary": summary,
-      },
-      indent=2,
-    )
-  )
-  args.out.with_suffix(".md").write_text(table + "\n")
+  table = markdown_table([{"policy": p, **s} for p, s in summary.items()], COLUMNS)
+  settings = vars(args) | {"out": str(args.out)}
+  common.report({"settings": settings, "runs": runs, "summary": summary}, table, args.out)
   return 0
 
 

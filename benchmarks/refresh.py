@@ -15,26 +15,30 @@ process, side by side:
 * the steady (non-refresh) step against ``optax.adam`` on the full tensor
   (target: at most 1.5x).
 
-Usage::
+Usage, from the repository root::
 
-  python benchmarks/refresh.py --configs ns64,ns128 --out benchmarks/results/refresh.json
+  python -m benchmarks.refresh --configs ns64,ns128 --out benchmarks/results/refresh.json
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
 
-import common  # noqa: E402  (first: it configures the process before jax loads)
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from examples.fno import data, losses, model  # noqa: E402
-from tensor_galore_optax import REFRESH_METHODS, TuckerSpec, _refresh, _tucker, tensor_galore  # noqa: E402  # noqa: E402
+from benchmarks import common
+from examples.fno import data, losses, model
+from examples.fno.tables import markdown_table
+from tensor_galore_optax import (
+  REFRESH_METHODS,
+  TuckerSpec,
+  _refresh,  # private: the factors alone, timed without the rest of a step, have no public API
+  _tucker,  # private: a spec's modes and ranks for a shape, and the core, have no public API
+  tensor_galore,
+)
 
 # Name: (preset, resolution, batch). ns64 is a 64x64 NS model with 32x32 modes.
 CONFIGS = {
@@ -75,12 +79,14 @@ def spectral_gradients(config_name: str, adam_steps: int = 5, seed: int = 0):
 
 
 def energy(tensor, factors) -> float:
+  """The fraction ``||G x_n U_n^H||^2 / ||G||^2`` of the energy the core keeps."""
   return float(
     jnp.linalg.norm(_tucker.project(tensor, factors)) ** 2 / jnp.linalg.norm(tensor) ** 2
   )
 
 
 def run(config_name: str, repeats: int) -> dict:
+  """Times and energies of every refresh method, and of the whole update, on one config."""
   g0, g1 = spectral_gradients(config_name)
   plan = _tucker.make_plan(g0.shape, TuckerSpec(), RANK, "spectral")
   eye = {
@@ -147,31 +153,42 @@ def run(config_name: str, repeats: int) -> dict:
   }
 
 
+COLUMNS = (
+  ("method", lambda m: m["method"]),
+  (
+    "refresh (vs SVD)",
+    lambda m: f"{m['refresh_seconds'] * 1e3:.0f} ms ({m['speedup_vs_svd']:.1f}x faster)",
+  ),
+  ("energy, first refresh (vs SVD)", lambda m: f"{m['energy_first_vs_svd']:.4f}"),
+  ("energy, warm refresh (vs SVD)", lambda m: f"{m['energy_later_vs_svd']:.4f}"),
+  (
+    "whole refresh step: SVD factors / step",
+    lambda m: f"{m['refresh_step_speedup_vs_svd_factors']:.1f}x",
+  ),
+  ("steady step / adam", lambda m: f"{m['steady_step_vs_adam']:.2f}x"),
+)
+
+
 def markdown(results: list[dict]) -> str:
-  lines = []
+  """One paragraph and one table per configuration."""
+  parts = []
   for r in results:
-    lines += [
+    parts += [
       f"**{r['config']}**: gradient {tuple(r['shape'])} {r['dtype']}, core {tuple(r['ranks'])}; "
       f"SVD-HOSVD factors {r['svd_hosvd_seconds'] * 1e3:.0f} ms keeping "
       f"{r['methods'][0]['energy_later']:.4f} of the energy, "
       f"optax.adam step on the full tensor {r['adam_full_step_seconds'] * 1e3:.1f} ms.",
       "",
-      "| method | refresh (vs SVD) | energy, first refresh (vs SVD) | energy, warm refresh "
-      "(vs SVD) | whole refresh step: SVD factors / step | steady step / adam |",
-      "|---|---|---|---|---|---|",
+      markdown_table(r["methods"], COLUMNS),
+      "",
     ]
-    for m in r["methods"]:
-      lines.append(
-        f"| {m['method']} | {m['refresh_seconds'] * 1e3:.0f} ms ({m['speedup_vs_svd']:.1f}x "
-        f"faster) | {m['energy_first_vs_svd']:.4f} | {m['energy_later_vs_svd']:.4f} | "
-        f"{m['refresh_step_speedup_vs_svd_factors']:.1f}x | {m['steady_step_vs_adam']:.2f}x |"
-      )
-    lines.append("")
-  return "\n".join(lines)
+  return "\n".join(parts)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.refresh", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--configs", default="ns64,ns128")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--out", type=pathlib.Path, default=None)
@@ -181,13 +198,7 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
   results = [run(name, args.repeats) for name in names]
-  report = {"machine": common.machine(), "results": results}
-  table = markdown(results)
-  print(table)
-  if args.out:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(table + "\n")
+  common.report({"results": results}, markdown(results), args.out)
   return 0
 
 

@@ -6,9 +6,9 @@ refresh step (factors recomputed), median of ``--repeats`` after a warm-up.
 Reported as ratios to AdamW's step measured in the same run, plus the
 amortised step at ``--gap``: ``(refresh + (gap - 1) * steady) / gap``.
 
-Usage::
+Usage, from the repository root::
 
-  python benchmarks/speed.py --config small --out benchmarks/results/speed_small.json
+  python -m benchmarks.speed --config small --out benchmarks/results/speed_small.json
 """
 
 import argparse
@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-
-from tensor_galore_optax import TensorGaLoreState  # noqa: E402
+from benchmarks import common
+from examples.fno.steps import make_train_step
+from examples.fno.tables import markdown_table
+from tensor_galore_optax import TensorGaLoreState
 
 
 def at_count(state, count: int):
@@ -38,6 +37,7 @@ def at_count(state, count: int):
 
 
 def measure(config_name: str, rank: float, gap: int, repeats: int, methods):
+  """Steady, refresh and amortised step times per optimizer, with ratios to AdamW's."""
   config = common.CONFIGS[config_name]
   graphdef, params = common.build_params(config)
   rng = np.random.default_rng(0)
@@ -53,7 +53,7 @@ def measure(config_name: str, rank: float, gap: int, repeats: int, methods):
     if method:
       kwargs["refresh_method"] = method
     optimizer, used_rank = common.make_optimizer(name, rank, params, **kwargs)
-    step = jax.jit(common.train_step(graphdef, optimizer))
+    step = jax.jit(make_train_step(graphdef, optimizer))
     state = optimizer.init(params)
     _, state, _ = step(params, state, x, y)  # step 0 computes the first factors
     steady = common.timed(step, params, at_count(state, 1), x, y, repeats=repeats)
@@ -83,27 +83,27 @@ def measure(config_name: str, rank: float, gap: int, repeats: int, methods):
   return rows
 
 
+def _ms(key: str, digits: int = 2):
+  """A cell of ``row[key + "_seconds"]`` in ms, with its ratio to AdamW's."""
+  return lambda r: f"{r[key + '_seconds'] * 1e3:.1f} ({r[key + '_vs_adamw']:.{digits}f}x)"
+
+
 def markdown(rows) -> str:
-  lines = [
-    "| optimizer | refresh method | steady step ms (vs adamw) | refresh step ms (vs adamw) | "
-    f"amortised at gap {rows[0]['update_proj_gap']} (vs adamw) |",
-    "|---|---|---|---|---|",
-  ]
-  for r in rows:
-    name = r["optimizer"] + ("" if r["rank"] is None else f" {r['rank']}")
-    if "galore_int_rank" in r:
-      name += f" (r={r['galore_int_rank']})"
-    lines.append(
-      f"| {name} | {r['refresh_method'] or ''} | {r['steady_seconds'] * 1e3:.1f} "
-      f"({r['steady_vs_adamw']:.2f}x) | {r['refresh_seconds'] * 1e3:.1f} "
-      f"({r['refresh_vs_adamw']:.2f}x) | {r['amortised_seconds'] * 1e3:.1f} "
-      f"({r['amortised_vs_adamw']:.3f}x) |"
-    )
-  return "\n".join(lines)
+  """The table of `measure`'s rows."""
+  columns = (
+    ("optimizer", lambda r: f"{r['optimizer']} {common.rank_text(r)}".rstrip()),
+    ("refresh method", lambda r: r["refresh_method"] or ""),
+    ("steady step ms (vs adamw)", _ms("steady")),
+    ("refresh step ms (vs adamw)", _ms("refresh")),
+    (f"amortised at gap {rows[0]['update_proj_gap']} (vs adamw)", _ms("amortised", 3)),
+  )
+  return markdown_table(rows, columns)
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.speed", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--config", choices=sorted(common.CONFIGS), default="small")
   parser.add_argument("--rank", type=float, default=0.25)
   parser.add_argument("--gap", type=int, default=200)
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
   rows = measure(args.config, args.rank, args.gap, args.repeats, args.methods.split(","))
-  common.report(rows, markdown(rows), args.out)
+  common.report({"rows": rows}, markdown(rows), args.out)
   return 0
 
 

@@ -205,6 +205,17 @@ def test_load_dataset_rejects_bad_arrays(tmp_path, key, edit):
     data.load_dataset(path)
 
 
+@pytest.mark.parametrize("key", ["x_train", "y_train", "x_test", "y_test"])
+@pytest.mark.parametrize("empty", [slice(0), (..., slice(0))], ids=["no_samples", "no_channels"])
+def test_load_dataset_rejects_empty_arrays(tmp_path, key, empty):
+  arrays = _arrays()
+  arrays[key] = arrays[key][empty]
+  path = tmp_path / "empty.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match=f"{path}: key '{key}' is empty"):
+    data.load_dataset(path)
+
+
 def test_load_dataset_rejects_unreadable_files(tmp_path):
   text = tmp_path / "text.npz"
   text.write_text("not an archive")
@@ -344,3 +355,27 @@ def test_cli_bad_input_exits_with_2(tmp_path, monkeypatch, capsys, argv, message
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
   assert sorted(tmp_path.iterdir()) == inputs
+
+
+@pytest.mark.parametrize(
+  "out, message",
+  [
+    (".", "is a directory"),
+    ("x" * 300 + ".npz", "cannot write"),
+    ("flat.npz/d.npz", "does not exist"),
+  ],
+  ids=["directory", "unwritable", "parent_is_a_file"],
+)
+def test_cli_checks_out_before_solving(tmp_path, monkeypatch, capsys, out, message):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "flat.npz").write_text("a file")
+
+  def generate(*args, **kwargs):
+    raise AssertionError("solved before checking --out")
+
+  monkeypatch.setattr(data, "generate", generate)
+  with pytest.raises(SystemExit) as exit_info:
+    data.main(["darcy", *_SIZES, "--resolution", "9", "--out", out])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+  assert [p.name for p in tmp_path.iterdir()] == ["flat.npz"]

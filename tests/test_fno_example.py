@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from examples.fno import compare, configs, train
+from examples.fno import compare, configs, data, main, optimizers, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
@@ -61,11 +61,11 @@ def tiny_npz(tmp_path_factory):
   return path
 
 
-@pytest.mark.parametrize("optimizer", configs.OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", list(optimizers.OPTIMIZERS))
 def test_training_lowers_the_loss_and_writes_complete_outputs(tiny_npz, tmp_path, optimizer):
   out = tmp_path / optimizer
   argv = ["--data", str(tiny_npz), "--optimizer", optimizer, "--epochs", "2", "--out", str(out)]
-  assert train.main(argv + TINY) == 0
+  assert main.main(argv + TINY) == 0
 
   metrics = json.loads((out / "metrics.json").read_text())
   for key in METRIC_KEYS:
@@ -98,7 +98,9 @@ def _write(path, **arrays):
     ("missing_key", "missing key 'y_test'"),
     ("mismatched", "spatial shape"),
     ("nan", "non-finite"),
+    ("empty", "'x_test' is empty"),
     ("optimizer", "invalid choice"),
+    ("refresh_method", "invalid choice"),
     ("mesh", "invalid --mesh"),
   ],
 )
@@ -114,14 +116,144 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys, case, message):
     argv += ["--data", _write(tmp_path / "d.npz", **{**arrays, "y_test": np.ones((4, 6, 6))})]
   elif case == "nan":
     argv += ["--data", _write(tmp_path / "d.npz", **{**arrays, "x_train": x * np.nan})]
+  elif case == "empty":
+    empty = np.ones((0, 8, 8), np.float32)
+    argv += ["--data", _write(tmp_path / "d.npz", **{**arrays, "x_test": empty, "y_test": empty})]
   elif case == "optimizer":
     argv += ["--optimizer", "sgd"]
+  elif case == "refresh_method":
+    argv += ["--refresh-method", "qr"]
   else:
     argv += ["--data", _write(tmp_path / "d.npz", **arrays), "--mesh", "data=two"]
   with pytest.raises(SystemExit) as exc:
-    train.main(argv)
+    main.main(argv)
   assert exc.value.code == 2
-  assert message in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert message in err
+  if case == "empty":
+    assert str(tmp_path / "d.npz") in err
+
+
+@pytest.mark.parametrize(
+  "flag, value",
+  [
+    ("--lr", "nan"),
+    ("--lr", "inf"),
+    ("--lr", "0"),
+    ("--lr", "-0.001"),
+    ("--weight-decay", "-1e-4"),
+    ("--weight-decay", "nan"),
+    ("--modes", "0"),
+    ("--width", "-8"),
+    ("--epochs", "0"),
+    ("--batch-size", "0"),
+    ("--eval-batch-size", "-5"),
+    ("--update-proj-gap", "0"),
+    ("--n-train", "0"),
+    ("--rank", "1.5"),
+    ("--tensor-rank", "0"),
+  ],
+)
+def test_bad_settings_exit_2_naming_the_flag_before_any_data(
+  tmp_path, monkeypatch, capsys, flag, value
+):
+  def no_data(*args, **kwargs):
+    raise AssertionError("data read or generated before the settings were checked")
+
+  monkeypatch.setattr(data, "load_or_generate", no_data)
+  monkeypatch.setattr(data, "load_dataset", no_data)
+  with pytest.raises(SystemExit) as exc:
+    main.main(["--out", str(tmp_path / "out")] + TINY + [f"{flag}={value}"])
+  assert exc.value.code == 2
+  assert f"{flag} must be" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_run_is_kept_unless_resumed_or_overwritten(tiny_npz, tmp_path, capsys):
+  out = tmp_path / "run"
+  argv = ["--data", str(tiny_npz), "--optimizer", "adamw", "--epochs", "1", "--out", str(out)]
+  assert main.main(argv + TINY) == 0
+  checkpoint = out / "checkpoints" / "1"
+  saved = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+  with pytest.raises(SystemExit) as exc:
+    main.main(argv + TINY)
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert str(out) in err and "--resume" in err and "--overwrite" in err
+  assert sorted(p.relative_to(out) for p in out.rglob("*")) == saved
+
+  (out / "metrics.json").unlink()  # checkpoints alone are a run too
+  with pytest.raises(SystemExit):
+    main.main(argv + TINY)
+  assert checkpoint.is_dir()
+
+  assert main.main(argv + TINY + ["--overwrite"]) == 0
+  assert checkpoint.is_dir() and (out / "metrics.json").is_file()
+
+
+def test_an_error_during_training_propagates_with_its_traceback(tiny_npz, tmp_path, monkeypatch):
+  def broken(*args, **kwargs):
+    raise ValueError("not a usage error")
+
+  monkeypatch.setattr(train, "build", broken)
+  argv = ["--data", str(tiny_npz), "--out", str(tmp_path / "out")] + TINY
+  with pytest.raises(ValueError, match="not a usage error") as exc:
+    main.main(argv)
+  assert not isinstance(exc.value, configs.ConfigError)
+
+
+def test_every_field_is_a_flag_with_the_config_default():
+  parser = main.parser()
+  assert configs.from_args(parser.parse_args([])) == configs.Config()
+  flags = {option for action in parser._actions for option in action.option_strings}
+  assert flags == {
+    "-h",
+    "--help",
+    "--data",
+    "--pde",
+    "--n-train",
+    "--n-test",
+    "--resolution",
+    "--optimizer",
+    "--rank",
+    "--tensor-rank",
+    "--update-proj-gap",
+    "--moment-policy",
+    "--refresh-method",
+    "--preset",
+    "--modes",
+    "--width",
+    "--remat",
+    "--epochs",
+    "--batch-size",
+    "--eval-batch-size",
+    "--lr",
+    "--weight-decay",
+    "--loss",
+    "--seed",
+    "--out",
+    "--resume",
+    "--overwrite",
+    "--mesh",
+    "--fsdp-min-size",
+    "--no-progress",
+  }
+  args = parser.parse_args(["--rank", "8", "--remat", "--no-progress", "--modes", "4"])
+  config = configs.from_args(args)
+  assert (config.rank, config.remat, config.progress, config.modes) == (8, True, False, 4)
+  assert "steps between factor refreshes (default: 100)" in parser.format_help()
+
+
+def test_a_new_optimizer_variant_is_one_registry_entry(monkeypatch):
+  variant = optimizers.Variant(optimizers.projected(optimizers.TUCKER, refresh_method="svd"))
+  monkeypatch.setitem(optimizers.OPTIMIZERS, "tensor_galore_svd", variant)
+  config = configs.from_args(main.parser().parse_args(["--optimizer", "tensor_galore_svd"]))
+  configs.validate(config)
+  params = {"w": jax.ShapeDtypeStruct((8, 8, 4, 3), np.complex64)}
+  optimizer, rank = optimizers.build(config.optimizer, 1e-3, params, tensor_rank=0.5)
+  assert rank == 0.5
+  assert optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)) is not None
 
 
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
@@ -188,7 +320,8 @@ def test_mesh_runs_data_parallel_and_fsdp(tiny_npz, tmp_path):
     str(out),
   ]
   result = subprocess.run(
-    [sys.executable, str(ROOT / "examples/fno/train.py"), *argv],
+    [sys.executable, "-m", "examples.fno", *argv],
+    cwd=ROOT,
     env=env,
     capture_output=True,
     text=True,

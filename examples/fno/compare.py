@@ -2,11 +2,12 @@
 
 Run from the repository root::
 
-  python examples/fno/compare.py --ranks 0.2,0.1 --out runs/compare
+  python -m examples.fno.compare --ranks 0.2,0.1 --out runs/compare
 
 AdamW trains once; Tensor-GaLore trains at each rank, and GaLore at the int
 rank whose optimizer state is closest in bytes to Tensor-GaLore's at that
-rank. Every other flag is `train.py`'s and applies to all runs. Each run
+rank. Every other flag is ``python -m examples.fno``'s and applies to all
+runs. Each run
 writes its own directory under ``--out``; the driver adds ``compare.md`` and
 ``compare.json`` (one row per run) and ``compare.png`` (test error against
 optimizer memory).
@@ -20,23 +21,19 @@ import json
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
-
-from examples.fno import train  # noqa: E402, I001  (first: it sets LAPACK's threads)
-from examples.fno import configs, plots  # noqa: E402
+from examples.fno import configs, plots, train
+from examples.fno.tables import cell, markdown_table
 
 COLUMNS = (
-  ("optimizer", "optimizer", "{}"),
-  ("rank", "rank", "{}"),
-  ("tensor_rank", "Tensor-GaLore rank (memory)", "{:g}"),
-  ("test_rel_l2", "test rel L2", "{:.4f}"),
-  ("optimizer_state_bytes", "optimizer state (bytes)", "{:,}"),
-  ("state_ratio", "state / AdamW", "{:.3f}"),
-  ("step_seconds", "step (s)", "{:.4f}"),
-  ("step_ratio", "step / AdamW", "{:.2f}"),
-  ("identity_rel_l2", "identity rel L2", "{:.4f}"),
+  ("optimizer", cell("optimizer")),
+  ("rank", cell("rank")),
+  ("Tensor-GaLore rank (memory)", cell("tensor_rank", "{:g}")),
+  ("test rel L2", cell("test_rel_l2", "{:.4f}")),
+  ("optimizer state (bytes)", cell("optimizer_state_bytes", "{:,}")),
+  ("state / AdamW", cell("state_ratio", "{:.3f}")),
+  ("step (s)", cell("step_seconds", "{:.4f}")),
+  ("step / AdamW", cell("step_ratio", "{:.2f}")),
+  ("identity rel L2", cell("identity_rel_l2", "{:.4f}")),
 )
 
 
@@ -81,14 +78,7 @@ def table_rows(metrics: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
   """Formats the rows as a Markdown table."""
-  lines = [
-    "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-    "|" + "---|" * len(COLUMNS),
-  ]
-  for row in rows:
-    cells = ["-" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+  return markdown_table(rows, COLUMNS) + "\n"
 
 
 def parse_ranks(text: str) -> list[float]:
@@ -103,8 +93,19 @@ def parse_ranks(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs the comparison; bad input exits with status 2 and a message on stderr."""
-  parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0])
+  """Runs the comparison.
+
+  Args:
+    argv: Arguments, default ``sys.argv[1:]``.
+
+  Returns:
+    0 on success. Invalid settings or data exit with status 2 and a message on
+    stderr before training starts; an error during training propagates with
+    its traceback.
+  """
+  parser = argparse.ArgumentParser(
+    prog="python -m examples.fno.compare", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument(
     "--ranks",
     type=parse_ranks,
@@ -116,9 +117,13 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   config = configs.from_args(args)
   out = pathlib.Path(config.out)
+  plan = runs(config, args.ranks)
   try:
-    metrics = [train.train_and_evaluate(run) for run in runs(config, args.ranks)]
-  except ValueError as e:
+    # Every run's settings are checked before the first one trains.
+    for run in plan:
+      train.check_config(run)
+    metrics = [train.train_and_evaluate(run) for run in plan]
+  except configs.ConfigError as e:
     parser.error(str(e))
   rows = table_rows(metrics)
   (out / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")

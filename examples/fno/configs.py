@@ -3,100 +3,45 @@
 `Config` holds every setting of a run with the defaults of the example: a
 Navier-Stokes data set on a 64 x 64 grid (viscosity 1e-3, vorticity at
 ``t = 0`` to ``t = 1``) and an FNO that train together on a 2-core CPU in
-about ten minutes. `add_arguments` exposes the fields as flags, and
-`from_args` turns parsed flags back into a `Config`.
+about ten minutes. Each field says what it sets once, in its ``help``
+metadata: `add_arguments` turns the fields into flags (``--n-train`` for
+``n_train``) with that help, `from_args` turns parsed flags back into a
+`Config`, and `validate` rejects bad settings with a `ConfigError` that names
+the flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import pathlib
+import typing
 
-# Names of the choices, kept here so that the parser needs no heavy import.
-PDES = ("navier_stokes", "darcy")
-OPTIMIZERS = ("adamw", "galore", "tensor_galore")
-PRESETS = ("small", "ns128", "darcy")
-LOSSES = ("l2", "h1")
-MOMENT_POLICIES = ("keep", "reset", "rotate")
+from examples.fno import losses, model, optimizers
+from examples.fno.data import PDES
+from tensor_galore_optax import MOMENT_POLICIES, REFRESH_METHODS
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Settings of one training run.
+class ConfigError(ValueError):
+  """Invalid settings or input data: the run cannot start (a usage error)."""
 
-  Attributes:
-    data: An ``.npz`` file with ``x_train, y_train, x_test, y_test``; if
-      ``None``, a ``pde`` data set is generated (and cached) instead.
-    pde: The PDE to generate data for, ``"navier_stokes"`` or ``"darcy"``.
-    n_train: Training samples to generate.
-    n_test: Test samples to generate.
-    resolution: Grid size of the generated data.
-    optimizer: ``"adamw"``, ``"galore"`` or ``"tensor_galore"``.
-    rank: The projection rank. ``None`` means ``tensor_rank`` for
-      ``tensor_galore``, and for ``galore`` the int rank whose optimizer state
-      is closest in bytes to Tensor-GaLore's at ``tensor_rank``.
-    tensor_rank: Tensor-GaLore's default rank, and the one that ``galore``'s
-      state size is matched to.
-    update_proj_gap: Steps between refreshes of the projection factors.
-    moment_policy: What Adam's moments do at a refresh: ``"keep"``,
-      ``"reset"`` or ``"rotate"``.
-    refresh_method: How the factors are recomputed (see `tensor_galore`).
-    preset: The model preset of ``examples.fno.model.PRESETS``.
-    modes: Fourier modes on both axes, clipped to the grid; ``None`` keeps
-      the preset's.
-    width: Channel width; ``None`` keeps the preset's.
-    remat: Whether to rematerialise the Fourier blocks in the backward pass.
-    epochs: Passes over the training set.
-    batch_size: Training samples per step, split over the mesh.
-    eval_batch_size: Samples per evaluation step.
-    lr: Peak learning rate, reached after one epoch of linear warm-up and
-      decayed to 1% of it by a cosine over the remaining steps.
-    weight_decay: Decoupled weight decay.
-    loss: Training loss, relative ``"l2"`` or relative ``"h1"``.
-    seed: Seeds the initialisation and the shuffling (not the data).
-    out: Output directory: metrics, plots and checkpoints.
-    resume: Whether to continue from the latest checkpoint in ``out``.
-    mesh: Device mesh as ``"data=N"`` or ``"data=N,fsdp=M"``; ``None`` runs
-      on one device.
-    fsdp_min_size: Parameters with at least this many entries are sharded
-      over the ``fsdp`` mesh axis.
-    progress: Whether to show a progress bar.
+
+def _field(default, help: str, **flag) -> dataclasses.Field:
+  """A `Config` field with its flag's ``help``.
+
+  Args:
+    default: The default value.
+    help: What the field sets, as ``--help`` shows it.
+    **flag: Arguments of `argparse`'s ``add_argument`` (``metavar``,
+      ``choices``, ``type``), ``bound`` (``"positive"`` or
+      ``"non-negative"``, checked by `validate`) and ``group`` (fields of one
+      group are mutually exclusive flags).
+
+  Returns:
+    The dataclass field.
   """
-
-  data: str | None = None
-  pde: str = "navier_stokes"
-  # Generating 1000 + 200 samples takes under ten seconds; an epoch of 1000
-  # samples of the small preset 20 to 30 s on 2 CPU cores.
-  n_train: int = 1000
-  n_test: int = 200
-  resolution: int = 64
-  optimizer: str = "tensor_galore"
-  rank: float | None = None
-  # 0.2 rather than the library's 0.25: the small model's short modes (16 and 9)
-  # round up (ceil), so rank 0.25 keeps 0.30 of their entries and 0.2 keeps 0.25.
-  tensor_rank: float = 0.2
-  # About four refreshes per default run: the factors follow the gradient's
-  # subspace as it drifts, without paying for a decomposition every epoch.
-  update_proj_gap: int = 100
-  moment_policy: str = "keep"
-  refresh_method: str = "sthosvd"
-  preset: str = "small"
-  modes: int | None = None
-  width: int | None = None
-  remat: bool = False
-  # 15 epochs of the small preset fit the ten-minute CPU budget.
-  epochs: int = 15
-  batch_size: int = 20
-  eval_batch_size: int = 50
-  lr: float = 3e-3
-  weight_decay: float = 1e-4
-  loss: str = "l2"
-  seed: int = 0
-  out: str = "runs/fno"
-  resume: bool = False
-  mesh: str | None = None
-  fsdp_min_size: int = 2048
-  progress: bool = True
+  return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
 def _rank(text: str) -> float | int:
@@ -111,110 +56,139 @@ def _rank(text: str) -> float | int:
     raise argparse.ArgumentTypeError(f"invalid rank {text!r}: expected an int or a float") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Settings of one training run; each field's ``help`` says what it sets."""
+
+  data: str | None = _field(
+    None,
+    "train on this .npz file (keys x_train, y_train, x_test, y_test) instead of generated data",
+    metavar="FILE.npz",
+    group="source",
+  )
+  pde: str = _field(
+    "navier_stokes", "generate (and cache) this data set", choices=PDES, group="source"
+  )
+  # Generating 1000 + 200 samples takes under ten seconds; an epoch of 1000
+  # samples of the small preset 20 to 30 s on 2 CPU cores.
+  n_train: int = _field(1000, "generated training samples", metavar="N", bound="positive")
+  n_test: int = _field(200, "generated test samples", metavar="M", bound="positive")
+  resolution: int = _field(64, "generated grid size", metavar="S", bound="positive")
+  optimizer: str = _field("tensor_galore", "optimizer", choices=optimizers.OPTIMIZERS)
+  rank: float | int | None = _field(
+    None,
+    "projection rank, a fraction of every projected mode or an int (default: --tensor-rank "
+    "for tensor_galore; for galore, the int rank matching tensor_galore's state bytes at "
+    "--tensor-rank)",
+    type=_rank,
+    metavar="R",
+    bound="positive",
+  )
+  # 0.2 rather than the library's 0.25: the small model's short modes (16 and 9)
+  # round up (ceil), so rank 0.25 keeps 0.30 of their entries and 0.2 keeps 0.25.
+  tensor_rank: float = _field(
+    0.2, "tensor_galore's default rank, and galore's memory target", metavar="R", bound="positive"
+  )
+  # About four refreshes per default run: the factors follow the gradient's
+  # subspace as it drifts, without paying for a decomposition every epoch.
+  update_proj_gap: int = _field(
+    100, "steps between factor refreshes", metavar="T", bound="positive"
+  )
+  moment_policy: str = _field(
+    "keep", "what Adam's moments do at a refresh", choices=MOMENT_POLICIES
+  )
+  refresh_method: str = _field("sthosvd", "how factors are recomputed", choices=REFRESH_METHODS)
+  preset: str = _field("small", "model preset", choices=model.PRESETS)
+  modes: int | None = _field(
+    None,
+    "Fourier modes per axis, clipped to the grid (default: the preset's)",
+    metavar="M",
+    bound="positive",
+  )
+  width: int | None = _field(
+    None, "channel width (default: the preset's)", metavar="W", bound="positive"
+  )
+  remat: bool = _field(False, "rematerialise the Fourier blocks in the backward pass")
+  # 15 epochs of the small preset fit the ten-minute CPU budget.
+  epochs: int = _field(15, "passes over the training set", metavar="E", bound="positive")
+  batch_size: int = _field(20, "training samples per step", metavar="B", bound="positive")
+  eval_batch_size: int = _field(50, "samples per evaluation step", metavar="B", bound="positive")
+  lr: float = _field(
+    3e-3,
+    "peak learning rate, reached after one epoch of linear warm-up and decayed to 1%% of it "
+    "by a cosine",
+    metavar="LR",
+    bound="positive",
+  )
+  weight_decay: float = _field(1e-4, "decoupled weight decay", metavar="WD", bound="non-negative")
+  loss: str = _field("l2", "relative training loss", choices=losses.LOSSES)
+  seed: int = _field(
+    0, "seed of the initialisation and the shuffling, not of the data", metavar="K"
+  )
+  out: str = _field("runs/fno", "output directory: metrics, plots and checkpoints", metavar="DIR")
+  resume: bool = _field(False, "continue from the latest checkpoint in --out", group="existing")
+  overwrite: bool = _field(
+    False, "replace the run already in --out (its checkpoints are deleted)", group="existing"
+  )
+  mesh: str | None = _field(None, "device mesh (default: one device)", metavar="data=N[,fsdp=M]")
+  fsdp_min_size: int = _field(
+    2048, "smallest parameter sharded over the fsdp mesh axis", metavar="N", bound="non-negative"
+  )
+  progress: bool = _field(True, "show a progress bar")
+
+
+# Metadata keys that are not arguments of `argparse`'s `add_argument`.
+_OWN_KEYS = ("help", "group", "bound")
+_BOUNDS = {"positive": lambda v: v > 0, "non-negative": lambda v: v >= 0}
+
+
+def flag(name: str) -> str:
+  """The command-line flag of field ``name``: ``n_train`` is ``--n-train``."""
+  return "--" + name.replace("_", "-")
+
+
+def _value_type(name: str) -> type:
+  """The type a field's values have, without ``None``: ``int | None`` gives `int`."""
+  hint = typing.get_type_hints(Config)[name]
+  return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
 def add_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
   """Adds one flag per `Config` field to ``parser``, defaulting to `Config`'s.
+
+  A flag's help is the field's, followed by its default unless that is
+  ``None``. A bool field is a switch: ``--remat`` sets a ``False`` default,
+  ``--no-progress`` (help: "do not" and the field's) clears a ``True`` one.
+  Fields of one ``group`` are mutually exclusive.
 
   Args:
     parser: The parser to extend.
     skip: Field names to leave out (e.g. those a driver sets itself).
   """
-  defaults = Config()
-
-  def add(name, flag, text, *, group=parser, show_default=True, **kwargs):
-    if name in skip:
-      return
-    kwargs.setdefault("default", getattr(defaults, name))
-    if show_default:
-      text += " (default: %(default)s)"
-    group.add_argument(flag, dest=name, help=text, **kwargs)
-
-  source = parser.add_mutually_exclusive_group()
-  add(
-    "data",
-    "--data",
-    "train on this .npz file",
-    group=source,
-    metavar="FILE.npz",
-    show_default=False,
-  )
-  add("pde", "--pde", "generate (and cache) this data set", group=source, choices=PDES)
-  add("n_train", "--n-train", "generated training samples", type=int, metavar="N")
-  add("n_test", "--n-test", "generated test samples", type=int, metavar="M")
-  add("resolution", "--resolution", "generated grid size", type=int, metavar="S")
-  add("optimizer", "--optimizer", "optimizer", choices=OPTIMIZERS)
-  add(
-    "rank",
-    "--rank",
-    "projection rank (default: --tensor-rank for tensor_galore; for "
-    "galore, the rank matching tensor_galore's state bytes at --tensor-rank)",
-    type=_rank,
-    metavar="R",
-    show_default=False,
-  )
-  add(
-    "tensor_rank",
-    "--tensor-rank",
-    "tensor_galore's default rank, and galore's memory target",
-    type=float,
-    metavar="R",
-  )
-  add(
-    "update_proj_gap", "--update-proj-gap", "steps between factor refreshes", type=int, metavar="T"
-  )
-  add("moment_policy", "--moment-policy", "Adam's moments at a refresh", choices=MOMENT_POLICIES)
-  add("refresh_method", "--refresh-method", "how factors are recomputed", metavar="METHOD")
-  add("preset", "--preset", "model preset", choices=PRESETS)
-  add(
-    "modes",
-    "--modes",
-    "Fourier modes per axis (default: the preset's)",
-    type=int,
-    metavar="M",
-    show_default=False,
-  )
-  add(
-    "width",
-    "--width",
-    "channel width (default: the preset's)",
-    type=int,
-    metavar="W",
-    show_default=False,
-  )
-  add(
-    "remat",
-    "--remat",
-    "rematerialise blocks in the backward pass",
-    action="store_true",
-    show_default=False,
-  )
-  add("epochs", "--epochs", "passes over the training set", type=int, metavar="E")
-  add("batch_size", "--batch-size", "training samples per step", type=int, metavar="B")
-  add("eval_batch_size", "--eval-batch-size", "samples per evaluation step", type=int, metavar="B")
-  add("lr", "--lr", "peak learning rate", type=float, metavar="LR")
-  add("weight_decay", "--weight-decay", "decoupled weight decay", type=float, metavar="WD")
-  add("loss", "--loss", "relative training loss", choices=LOSSES)
-  add("seed", "--seed", "initialisation and shuffling seed", type=int, metavar="K")
-  add("out", "--out", "output directory", metavar="DIR")
-  add(
-    "resume", "--resume", "continue from DIR/checkpoints", action="store_true", show_default=False
-  )
-  add(
-    "mesh",
-    "--mesh",
-    "device mesh (default: one device)",
-    metavar="data=N[,fsdp=M]",
-    show_default=False,
-  )
-  add(
-    "fsdp_min_size",
-    "--fsdp-min-size",
-    "smallest parameter sharded over fsdp",
-    type=int,
-    metavar="N",
-  )
-  add(
-    "progress", "--no-progress", "hide the progress bar", action="store_false", show_default=False
-  )
+  groups = {}
+  for field in dataclasses.fields(Config):
+    if field.name in skip:
+      continue
+    meta = field.metadata
+    kwargs = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
+    kwargs.update(dest=field.name, default=field.default, help=meta["help"])
+    value_type = _value_type(field.name)
+    if value_type is bool:
+      kwargs["action"] = "store_false" if field.default else "store_true"
+      option = flag(("no_" if field.default else "") + field.name)
+      if field.default:
+        kwargs["help"] = "do not " + kwargs["help"]
+    else:
+      kwargs.setdefault("type", value_type)
+      option = flag(field.name)
+      if field.default is not None:
+        kwargs["help"] += " (default: %(default)s)"
+    target = parser
+    if meta.get("group"):
+      if meta["group"] not in groups:
+        groups[meta["group"]] = parser.add_mutually_exclusive_group()
+      target = groups[meta["group"]]
+    target.add_argument(option, **kwargs)
 
 
 def from_args(args: argparse.Namespace, **overrides) -> Config:
@@ -222,3 +196,32 @@ def from_args(args: argparse.Namespace, **overrides) -> Config:
   fields = {f.name for f in dataclasses.fields(Config)}
   values = {k: v for k, v in vars(args).items() if k in fields}
   return Config(**{**values, **overrides})
+
+
+def validate(config: Config) -> None:
+  """Checks every setting on its own, before any data is read or generated.
+
+  Args:
+    config: The settings.
+
+  Raises:
+    ConfigError: Naming the flag: an unknown choice, a number that is not
+      finite or out of its bound, a fraction rank above 1, an ``--out`` that
+      is a file.
+  """
+  for field in dataclasses.fields(Config):
+    value, meta = getattr(config, field.name), field.metadata
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+      raise ConfigError(f"{flag(field.name)} must be one of {tuple(choices)}, got {value!r}")
+    bound = meta.get("bound")
+    if value is None or bound is None:
+      continue
+    if not (math.isfinite(value) and _BOUNDS[bound](value)):
+      raise ConfigError(f"{flag(field.name)} must be a finite {bound} number, got {value}")
+  for name in ("rank", "tensor_rank"):
+    value = getattr(config, name)
+    if isinstance(value, float) and value > 1:
+      raise ConfigError(f"{flag(name)} must be at most 1 as a fraction, got {value}")
+  if pathlib.Path(config.out).is_file():
+    raise ConfigError(f"--out {config.out} is a file; name a directory")

@@ -35,7 +35,7 @@ A sample is ``x = a``, ``y = u``.
 Fields are solved at ``solve_resolution`` and strided down to ``resolution``
 in physical space, as the FNO data are (solved at 256, resp. 421).
 
-Run ``python examples/fno/data.py --help`` for the command line; from Python,
+Run ``python -m examples.fno.data --help`` for the command line; from Python,
 `load_or_generate` caches data sets by their parameters and `load_dataset`
 reads a saved one.
 """
@@ -695,6 +695,11 @@ def generate(
   return Dataset(*arrays)
 
 
+def _temporary_file(path: pathlib.Path) -> tuple[int, str]:
+  """Opens a new hidden file beside ``path``, to be renamed to it once written."""
+  return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
 def save_dataset(path: str | os.PathLike, data: Dataset, *, metadata: dict | None = None) -> None:
   """Writes a data set to ``path`` as ``.npz``, atomically.
 
@@ -708,7 +713,7 @@ def save_dataset(path: str | os.PathLike, data: Dataset, *, metadata: dict | Non
   """
   path = pathlib.Path(path)
   extra = {} if metadata is None else {"metadata": np.array(json.dumps(metadata, sort_keys=True))}
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  fd, tmp = _temporary_file(path)
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **data._asdict(), **extra)
@@ -718,9 +723,34 @@ def save_dataset(path: str | os.PathLike, data: Dataset, *, metadata: dict | Non
     raise
 
 
+def check_writable(path: str | os.PathLike) -> None:
+  """Checks that `save_dataset` can write ``path``, before a (possibly long) solve.
+
+  Args:
+    path: The file to write.
+
+  Raises:
+    ValueError: If ``path`` is a directory, its directory does not exist, or
+      no file can be created there.
+  """
+  path = pathlib.Path(path)
+  try:
+    if path.is_dir():
+      raise ValueError(f"{path} is a directory; name the .npz file to write")
+    if not path.parent.is_dir():
+      raise ValueError(f"output directory {path.parent} does not exist")
+    fd, tmp = _temporary_file(path)
+  except OSError as e:
+    raise ValueError(f"cannot write {path}: {e.strerror or e}") from e
+  os.close(fd)
+  os.unlink(tmp)
+
+
 def _checked_array(value, file: str, key: str) -> np.ndarray:
-  """Returns ``value`` as float32 after checking its rank and values."""
+  """Returns ``value`` as float32 after checking its size, rank and values."""
   array = np.asarray(value)
+  if array.size == 0:
+    raise ValueError(f"{file}: key {key!r} is empty (shape {array.shape}); expected samples")
   if array.ndim not in (3, 4):
     raise ValueError(
       f"{file}: key {key!r} has shape {array.shape}; expected (N, S, S) or (N, S, S, C)"
@@ -802,8 +832,8 @@ def load_dataset(path: str | os.PathLike, test_path: str | os.PathLike | None = 
     zero-shot super-resolution tests); within a split they must match.
 
   Raises:
-    ValueError: If a file cannot be read, a key is missing, an array is not
-      ``(N, S, S)`` or ``(N, S, S, C)``, has non-finite values, or ``x`` and
+    ValueError: If a file cannot be read, a key is missing, an array is empty
+      or not ``(N, S, S)`` or ``(N, S, S, C)``, has non-finite values, or ``x`` and
       ``y`` of a split differ in ``N`` or ``S``. The message names the file
       and the key.
     ImportError: For ``.pt`` files without PyTorch.
@@ -913,7 +943,7 @@ def load_or_generate(
 def _parser() -> argparse.ArgumentParser:
   """Builds the command-line parser: one sub-command per PDE, and ``check``."""
   parser = argparse.ArgumentParser(
-    prog="data.py",
+    prog="python -m examples.fno.data",
     description=__doc__.split("\n\n")[0],
   )
   commands = parser.add_subparsers(
@@ -973,9 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
       load_or_generate(args.command, **settings, cache_dir=args.cache_dir)
       return 0
-    # Fail before the (possibly long) solve rather than after it.
-    if not args.out.parent.is_dir():
-      raise ValueError(f"output directory {args.out.parent} does not exist")
+    check_writable(args.out)
     data = generate(args.command, **settings)
     save_dataset(args.out, data, metadata={"pde": args.command, **settings})
     print(f"wrote {args.out}")

@@ -15,6 +15,23 @@ def _per_sample_sum(x: jax.Array) -> jax.Array:
   return jnp.sum(x, axis=tuple(range(1, x.ndim)))
 
 
+def per_sample_relative_lp(pred: jax.Array, y: jax.Array, p: float = 2) -> jax.Array:
+  """``||pred - y||_p / ||y||_p`` for each sample of a batch.
+
+  Args:
+    pred: Predictions of shape ``(B, ...)``, or any shape that broadcasts
+      against ``y`` (e.g. one channel for several).
+    y: Targets of shape ``(B, ...)``.
+    p: Order of the norm.
+
+  Returns:
+    The ``(B,)`` ratios.
+  """
+  err = _per_sample_sum(jnp.abs(pred - y) ** p)
+  ref = _per_sample_sum(jnp.abs(y) ** p)
+  return (err / ref) ** (1 / p)
+
+
 def relative_lp(pred: jax.Array, y: jax.Array, p: float = 2) -> jax.Array:
   """Batch mean of ``||pred - y||_p / ||y||_p``, norms taken per sample.
 
@@ -26,9 +43,7 @@ def relative_lp(pred: jax.Array, y: jax.Array, p: float = 2) -> jax.Array:
   Returns:
     A scalar.
   """
-  err = _per_sample_sum(jnp.abs(pred - y) ** p)
-  ref = _per_sample_sum(jnp.abs(y) ** p)
-  return jnp.mean((err / ref) ** (1 / p))
+  return jnp.mean(per_sample_relative_lp(pred, y, p))
 
 
 def _central_diff(u: jax.Array, axis: int) -> jax.Array:
@@ -57,3 +72,7 @@ def relative_h1(pred: jax.Array, y: jax.Array) -> jax.Array:
     A scalar.
   """
   return jnp.mean(jnp.sqrt(_h1_norm_sq(pred - y) / _h1_norm_sq(y)))
+
+
+# The training losses by name: ``loss(pred, y) -> scalar``.
+LOSSES = {"l2": relative_lp, "h1": relative_h1}

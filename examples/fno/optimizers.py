@@ -1,9 +1,9 @@
-"""The optimizers the FNO example compares: AdamW, matrix GaLore, Tensor-GaLore.
+"""The optimizers the FNO example compares, by name: AdamW, matrix GaLore, Tensor-GaLore.
 
-All three are AdamW with the same hyper-parameters; they differ only in where
-Adam's moments live for the spectral weights (complex ``(in, out, mx, my)``
-tensors). As in the Tensor-GaLore paper, only the spectral weights are
-projected; every other leaf keeps full-size Adam moments.
+All are AdamW with the same hyper-parameters; they differ only in where Adam's
+moments live for the spectral weights (complex ``(in, out, mx, my)`` tensors).
+As in the Tensor-GaLore paper, only the spectral weights are projected; every
+other leaf keeps full-size Adam moments.
 
 * ``adamw``: ``optax.adamw``, full-size moments everywhere.
 * ``galore``: matrix GaLore. Each spectral weight is seen as an
@@ -12,7 +12,15 @@ projected; every other leaf keeps full-size Adam moments.
   moments ``b x r``: ``r (a + 2 b)`` is smallest with ``a >= b``). It is a
   `TuckerSpec` of `tensor_galore`, so it handles complex weights correctly.
 * ``tensor_galore``: every mode of each spectral weight projected (Tucker).
+
+`OPTIMIZERS` maps each name to a `Variant`; a new variant is one more entry,
+and the command line's ``--optimizer`` offers it.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +28,12 @@ import optax
 
 from tensor_galore_optax import TuckerSpec, optimizer_state_bytes, tensor_galore_adamw
 
-OPTIMIZERS = ("adamw", "galore", "tensor_galore")
-
 TUCKER = TuckerSpec()
 MATRIX = TuckerSpec(modes=(0, (1, 2, 3)), num_projected=1)
+
+# ``make(learning_rate, rank, *, weight_decay, update_proj_gap, moment_policy,
+# refresh_method) -> optimizer``.
+Factory = Callable[..., optax.GradientTransformation]
 
 
 def is_spectral(leaf) -> bool:
@@ -36,11 +46,65 @@ def spectral_spec(spec: TuckerSpec):
   return lambda params: jax.tree.map(lambda p: spec if is_spectral(p) else None, params)
 
 
+def adamw(learning_rate, rank, *, weight_decay, **_) -> optax.GradientTransformation:
+  """``optax.adamw``; the rank and the projection settings do not apply."""
+  del rank
+  return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+
+def projected(spec: TuckerSpec, **fixed) -> Factory:
+  """A factory of `tensor_galore_adamw` projecting the spectral weights by ``spec``.
+
+  Args:
+    spec: How each spectral weight is projected.
+    **fixed: Keyword arguments of `tensor_galore_adamw` that this variant
+      fixes, overriding the run's (e.g. ``refresh_method="svd"``).
+
+  Returns:
+    ``make(learning_rate, rank, **settings) -> optimizer``.
+  """
+
+  def make(learning_rate, rank, **settings):
+    settings = {**settings, **fixed}
+    return tensor_galore_adamw(learning_rate, rank, spec=spectral_spec(spec), **settings)
+
+  return make
+
+
+class Variant(NamedTuple):
+  """A named optimizer of the example.
+
+  Attributes:
+    make: ``make(learning_rate, rank, *, weight_decay, update_proj_gap,
+      moment_policy, refresh_method)`` returns the optimizer.
+    default_rank: What an unset rank becomes: ``"tensor_rank"`` (the run's
+      Tensor-GaLore rank), ``"matched"`` (the int rank whose state is closest
+      in bytes to ``tensor_galore``'s at the Tensor-GaLore rank, see
+      `matched_rank`) or ``None`` (the optimizer has no rank).
+  """
+
+  make: Factory
+  default_rank: str | None = "tensor_rank"
+
+
+OPTIMIZERS: dict[str, Variant] = {
+  "adamw": Variant(adamw, default_rank=None),
+  "galore": Variant(projected(MATRIX), default_rank="matched"),
+  "tensor_galore": Variant(projected(TUCKER)),
+}
+
+
+def _variant(name: str) -> Variant:
+  if name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; choose from {tuple(OPTIMIZERS)}")
+  return OPTIMIZERS[name]
+
+
 def make_optimizer(
   name: str,
   learning_rate: optax.ScalarOrSchedule,
   *,
-  rank: float | int,
+  rank: float | int | None,
   weight_decay: float = 1e-4,
   update_proj_gap: int = 200,
   moment_policy: str = "keep",
@@ -49,11 +113,10 @@ def make_optimizer(
   """One of `OPTIMIZERS`, all AdamW with the same hyper-parameters.
 
   Args:
-    name: ``"adamw"``, ``"galore"`` or ``"tensor_galore"``.
+    name: A key of `OPTIMIZERS`.
     learning_rate: Learning rate or schedule.
-    rank: The projection rank: a float fraction for ``tensor_galore``, an int
-      (or float fraction of the projected side) for ``galore``; unused by
-      ``adamw``.
+    rank: The projection rank: a float fraction of every projected mode, or an
+      int; unused by ``adamw``.
     weight_decay: Decoupled weight decay (applied in the full space).
     update_proj_gap: Steps between factor refreshes.
     moment_policy: What Adam's moments do at a refresh (see `tensor_galore`).
@@ -61,36 +124,38 @@ def make_optimizer(
 
   Returns:
     The optimizer.
+
+  Raises:
+    ValueError: For an unknown name, or settings the optimizer rejects.
   """
-  if name == "adamw":
-    return optax.adamw(learning_rate, weight_decay=weight_decay)
-  if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
-  return tensor_galore_adamw(
+  return _variant(name).make(
     learning_rate,
     rank,
-    update_proj_gap=update_proj_gap,
     weight_decay=weight_decay,
-    spec=spectral_spec(TUCKER if name == "tensor_galore" else MATRIX),
+    update_proj_gap=update_proj_gap,
     moment_policy=moment_policy,
     refresh_method=refresh_method,
   )
 
 
-def matched_galore_rank(params, target_bytes: int, **kwargs) -> int:
-  """The int GaLore rank whose optimizer state is closest to ``target_bytes``.
+def matched_rank(name: str, params: Any, target_bytes: int, **settings) -> int:
+  """The int rank of optimizer ``name`` whose state is closest to ``target_bytes``.
 
   The state grows with the rank, so a bisection over ``1..max`` finds it;
   every evaluation is shape-only (`optimizer_state_bytes`), nothing is
   allocated.
 
   Args:
+    name: A key of `OPTIMIZERS` that takes an int rank.
     params: The model parameters (arrays or shape structs).
     target_bytes: The state size to match, e.g. Tensor-GaLore's.
-    **kwargs: Passed to `make_optimizer`.
+    **settings: Passed to `make_optimizer`.
 
   Returns:
     The rank (at least 1).
+
+  Raises:
+    ValueError: If the model has no spectral weights.
   """
   spectral = [p for p in jax.tree.leaves(params) if is_spectral(p)]
   if not spectral:
@@ -98,7 +163,7 @@ def matched_galore_rank(params, target_bytes: int, **kwargs) -> int:
   largest = max(max(p.shape[0], p.size // p.shape[0]) for p in spectral)
 
   def state_bytes(rank: int) -> int:
-    return optimizer_state_bytes(make_optimizer("galore", 1e-3, rank=rank, **kwargs), params)
+    return optimizer_state_bytes(make_optimizer(name, 1e-3, rank=rank, **settings), params)
 
   low, high = 1, largest
   while low < high:
@@ -111,3 +176,39 @@ def matched_galore_rank(params, target_bytes: int, **kwargs) -> int:
   if low > 1 and abs(state_bytes(low - 1) - target_bytes) <= abs(state_bytes(low) - target_bytes):
     return low - 1
   return low
+
+
+def build(
+  name: str,
+  learning_rate: optax.ScalarOrSchedule,
+  params: Any,
+  *,
+  rank: float | int | None = None,
+  tensor_rank: float = 0.25,
+  **settings,
+) -> tuple[optax.GradientTransformation, float | int | None]:
+  """Makes optimizer ``name``, resolving an unset rank by its `Variant.default_rank`.
+
+  Args:
+    name: A key of `OPTIMIZERS`.
+    learning_rate: Learning rate or schedule.
+    params: The parameters, arrays or shape structs (for a matched rank).
+    rank: The rank; ``None`` takes the variant's default.
+    tensor_rank: Tensor-GaLore's rank: the default of ``"tensor_rank"``
+      variants, and the memory target of ``"matched"`` ones.
+    **settings: The other arguments of `make_optimizer`.
+
+  Returns:
+    The optimizer and its rank (``None`` for an optimizer without one).
+  """
+  default = _variant(name).default_rank
+  if default is None:
+    rank = None
+  elif rank is None and default == "tensor_rank":
+    rank = tensor_rank
+  elif rank is None:
+    target = optimizer_state_bytes(
+      make_optimizer("tensor_galore", learning_rate, rank=tensor_rank, **settings), params
+    )
+    rank = matched_rank(name, params, target, **settings)
+  return make_optimizer(name, learning_rate, rank=rank, **settings), rank

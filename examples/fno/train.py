@@ -1,136 +1,48 @@
-"""Trains a Fourier Neural Operator with AdamW, GaLore or Tensor-GaLore.
+"""Training and evaluation of the FNO example: the library behind ``python -m examples.fno``.
 
-Run from the repository root::
-
-  python examples/fno/train.py --optimizer tensor_galore --out runs/tg
-
-The defaults generate (and cache) a 64 x 64 Navier-Stokes data set and train
-the small FNO on it; ``--data FILE.npz`` trains on any file with ``x_train,
-y_train, x_test, y_test``. The run writes ``metrics.json``, ``loss.png``,
-``samples.png`` and per-epoch checkpoints (``--resume`` continues from the
-latest) to ``--out``. See ``docs/fno.md``.
-
-From Python, `train_and_evaluate` runs a `configs.Config` and returns the
-metrics, and `make_train_step` builds the train step alone.
+`train_and_evaluate` runs a `configs.Config`: it generates (and caches) a
+Navier-Stokes or Darcy data set, or reads ``config.data``, trains the model,
+and writes ``metrics.json``, ``loss.png``, ``samples.png`` and per-epoch
+checkpoints (``resume`` continues from the latest) to ``config.out``. The
+steps themselves are in `examples.fno.steps`. See ``docs/fno.md``.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import json
+import math
+import pathlib
+import statistics
+import time
+from typing import Any, NamedTuple
 
-# On CPU, LAPACK (the factor refresh's eigh and QR) runs on OpenBLAS, whose worker
-# threads spin against XLA's own threads: one LAPACK thread keeps a refresh cheap.
-# Set before numpy and jax load OpenBLAS.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any, NamedTuple  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
-import tqdm  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from examples.fno import configs, data, losses, model, optimizers, plots  # noqa: E402
-from tensor_galore_optax import (  # noqa: E402
+from examples.fno import configs, data, losses, model, optimizers, plots, steps
+from tensor_galore_optax import (
   optimizer_state_bytes,
   optimizer_state_shardings,
   tree_bytes,
 )
 
 Config = configs.Config
+ConfigError = configs.ConfigError
 # Every sample of a batch is split over both mesh axes: FSDP is data parallel
 # too, it only shards the parameters as well.
 BATCH_AXES = ("data", "fsdp")
-LOSS_FNS = {"l2": losses.relative_lp, "h1": losses.relative_h1}
-
-
-class Normalizer(NamedTuple):
-  """Per-channel statistics of the training split, shaped ``(C,)``."""
-
-  x_mean: jax.Array
-  x_std: jax.Array
-  y_mean: jax.Array
-  y_std: jax.Array
-
-  @classmethod
-  def fit(cls, x: np.ndarray, y: np.ndarray) -> Normalizer:
-    """Computes the mean and standard deviation of each channel of ``x`` and ``y``."""
-    axes = (0, 1, 2)
-    # A constant channel (e.g. a uniform coefficient) would divide by zero.
-    std = lambda a: np.maximum(a.std(axes), 1e-6 * (np.abs(a).max(axes) + 1e-30))
-    return cls(x.mean(axes), std(x), y.mean(axes), std(y))
 
 
 def with_channels(a: np.ndarray) -> np.ndarray:
   """``(N, H, W)`` fields become ``(N, H, W, 1)``; ``(N, H, W, C)`` stay as they are."""
   return a[..., None] if a.ndim == 3 else a
-
-
-def predict(graphdef: nnx.GraphDef, params: nnx.State, norm: Normalizer, x: jax.Array):
-  """The model's prediction in the data's units: it sees and predicts normalised fields."""
-  out = model.apply(graphdef, params, (x - norm.x_mean) / norm.x_std)
-  return out * norm.y_std + norm.y_mean
-
-
-def per_sample_rel_l2(pred: jax.Array, y: jax.Array) -> jax.Array:
-  """``||pred - y|| / ||y||`` for each sample of a batch."""
-  axes = tuple(range(1, y.ndim))
-  return jnp.sqrt(jnp.sum((pred - y) ** 2, axes) / jnp.sum(y**2, axes))
-
-
-def make_train_step(
-  graphdef: nnx.GraphDef,
-  optimizer: optax.GradientTransformation,
-  norm: Normalizer,
-  loss: str = "l2",
-) -> Callable[[nnx.State, optax.OptState, jax.Array, jax.Array], tuple]:
-  """Builds one optimisation step; jit it with the shardings of the run.
-
-  Args:
-    graphdef: The model structure, from ``nnx.split(model)``.
-    optimizer: Any optax optimizer.
-    norm: Input and output normalisation (see `Normalizer`).
-    loss: ``"l2"`` or ``"h1"``: the relative loss on the prediction in the
-      data's units, averaged over the batch.
-
-  Returns:
-    ``train_step(params, opt_state, x, y) -> (params, opt_state, loss)``.
-  """
-  loss_fn = LOSS_FNS[loss]
-
-  def train_step(params, opt_state, x, y):
-    value, grads = jax.value_and_grad(lambda p: loss_fn(predict(graphdef, p, norm, x), y))(params)
-    # For complex parameters (the spectral weights), jax.grad of a real loss
-    # is the conjugate of the steepest-ascent direction: conjugate it so that
-    # the optimizer descends.
-    grads = optax.tree.conj(grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, value
-
-  return train_step
-
-
-def make_eval_step(graphdef: nnx.GraphDef, norm: Normalizer) -> Callable:
-  """Builds ``eval_step(params, x, y) -> per-sample relative L2 errors``."""
-  return lambda params, x, y: per_sample_rel_l2(predict(graphdef, params, norm, x), y)
 
 
 def make_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -155,7 +67,7 @@ def make_mesh(spec: str | None) -> Mesh:
     A mesh over the first ``N * M`` devices.
 
   Raises:
-    ValueError: If ``spec`` is malformed or asks for more devices than exist.
+    ConfigError: If ``spec`` is malformed or asks for more devices than exist.
   """
   sizes = {"data": 1, "fsdp": 1}
   for item in (spec or "").split(","):
@@ -163,12 +75,12 @@ def make_mesh(spec: str | None) -> Mesh:
       continue
     name, _, value = item.partition("=")
     if name not in sizes or not value.isdigit() or int(value) < 1:
-      raise ValueError(f"invalid --mesh {spec!r}; expected data=N or data=N,fsdp=M")
+      raise ConfigError(f"invalid --mesh {spec!r}; expected data=N or data=N,fsdp=M")
     sizes[name] = int(value)
   count = sizes["data"] * sizes["fsdp"]
   devices = jax.devices()
   if count > len(devices):
-    raise ValueError(f"--mesh {spec!r} needs {count} devices, but only {len(devices)} exist")
+    raise ConfigError(f"--mesh {spec!r} needs {count} devices, but only {len(devices)} exist")
   return Mesh(np.array(devices[:count]).reshape(sizes["data"], sizes["fsdp"]), BATCH_AXES)
 
 
@@ -199,7 +111,7 @@ class Run(NamedTuple):
 def build_optimizer(
   config: Config, params: Any, schedule: optax.ScalarOrSchedule
 ) -> tuple[optax.GradientTransformation, float | int | None]:
-  """Makes ``config.optimizer``, resolving its rank.
+  """Makes ``config.optimizer``, resolving its rank (see `optimizers.build`).
 
   Args:
     config: The run's settings.
@@ -208,25 +120,25 @@ def build_optimizer(
 
   Returns:
     The optimizer and its rank (``None`` for AdamW).
+
+  Raises:
+    ConfigError: If the optimizer rejects the settings.
   """
-  kwargs = dict(
-    weight_decay=config.weight_decay,
-    update_proj_gap=config.update_proj_gap,
-    moment_policy=config.moment_policy,
-    refresh_method=config.refresh_method,
-  )
-  rank = config.rank
-  if config.optimizer == "adamw":
-    rank = None
-  elif rank is None and config.optimizer == "tensor_galore":
-    rank = config.tensor_rank
-  elif rank is None:
-    target = optimizer_state_bytes(
-      optimizers.make_optimizer("tensor_galore", schedule, rank=config.tensor_rank, **kwargs),
+  try:
+    return optimizers.build(
+      config.optimizer,
+      schedule,
       params,
+      rank=config.rank,
+      tensor_rank=config.tensor_rank,
+      weight_decay=config.weight_decay,
+      update_proj_gap=config.update_proj_gap,
+      moment_policy=config.moment_policy,
+      refresh_method=config.refresh_method,
     )
-    rank = optimizers.matched_galore_rank(params, target, **kwargs)
-  return optimizers.make_optimizer(config.optimizer, schedule, rank=rank, **kwargs), rank
+  except (TypeError, ValueError) as e:
+    # The factories check their static arguments before building anything.
+    raise ConfigError(str(e)) from e
 
 
 def model_config(config: Config) -> model.FNOConfig:
@@ -241,45 +153,69 @@ def model_config(config: Config) -> model.FNOConfig:
 
 
 def load_data(config: Config) -> data.Dataset:
-  """Reads ``config.data``, or generates (and caches) a ``config.pde`` data set."""
-  if config.data is not None:
-    return data.load_dataset(config.data)
-  return data.load_or_generate(
-    config.pde,
-    n_train=config.n_train,
-    n_test=config.n_test,
-    resolution=config.resolution,
-    verbose=config.progress,
-  )
+  """Reads ``config.data``, or generates (and caches) a ``config.pde`` data set.
+
+  Raises:
+    ConfigError: If the file is missing or invalid, or the data cannot be
+      generated with these settings.
+  """
+  try:
+    if config.data is not None:
+      return data.load_dataset(config.data)
+    return data.load_or_generate(
+      config.pde,
+      n_train=config.n_train,
+      n_test=config.n_test,
+      resolution=config.resolution,
+      verbose=config.progress,
+    )
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
+def check_out(config: Config) -> None:
+  """Refuses to start a fresh run over a finished or interrupted one in ``config.out``.
+
+  Raises:
+    ConfigError: If ``config.out`` holds checkpoints or ``metrics.json`` and
+      neither ``resume`` nor ``overwrite`` is set.
+  """
+  out = pathlib.Path(config.out)
+  checkpoints = out / "checkpoints"
+  has_run = (out / "metrics.json").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir()))
+  if has_run and not (config.resume or config.overwrite):
+    raise ConfigError(
+      f"--out {out} already holds a run (checkpoints or metrics.json): pass --resume to "
+      "continue it, --overwrite to replace it, or another --out"
+    )
 
 
 def check_config(config: Config) -> None:
-  """Raises ``ValueError`` on invalid settings, before any data is loaded."""
-  if config.optimizer not in configs.OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {configs.OPTIMIZERS}")
-  if config.loss not in LOSS_FNS:
-    raise ValueError(f"unknown loss {config.loss!r}; choose from {tuple(LOSS_FNS)}")
-  for name in ("epochs", "batch_size", "eval_batch_size", "update_proj_gap"):
-    if getattr(config, name) < 1:
-      raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
-  if config.lr <= 0:
-    raise ValueError(f"lr must be positive, got {config.lr}")
+  """Checks all of ``config`` that needs no data: its settings (`configs.validate`), its ``out``.
+
+  Raises:
+    ConfigError: Saying what is wrong.
+  """
+  configs.validate(config)
+  check_out(config)
 
 
 def check_data(config: Config, ds: data.Dataset, mesh: Mesh) -> None:
-  """Raises ``ValueError`` if ``config`` cannot train on ``ds`` over ``mesh``."""
+  """Raises `ConfigError` if ``config`` cannot train on ``ds`` over ``mesh``."""
   x_train, y_train, x_test, y_test = map(with_channels, ds)
   if x_train.shape[-1] != x_test.shape[-1] or y_train.shape[-1] != y_test.shape[-1]:
-    raise ValueError(
+    raise ConfigError(
       f"train and test channels differ: x {x_train.shape[-1]} vs {x_test.shape[-1]}, "
       f"y {y_train.shape[-1]} vs {y_test.shape[-1]}"
     )
   if config.batch_size > len(x_train):
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {len(x_train)} train samples")
+    raise ConfigError(f"--batch-size {config.batch_size} exceeds the {len(x_train)} train samples")
   shards = math.prod(mesh.shape.values())
   for name in ("batch_size", "eval_batch_size"):
     if getattr(config, name) % shards:
-      raise ValueError(f"{name} {getattr(config, name)} is not divisible by the {shards} devices")
+      raise ConfigError(
+        f"{configs.flag(name)} {getattr(config, name)} is not divisible by the {shards} devices"
+      )
 
 
 def build(config: Config, ds: data.Dataset, mesh: Mesh, schedule: optax.Schedule) -> Run:
@@ -328,9 +264,7 @@ def identity_rel_l2(x: np.ndarray, y: np.ndarray) -> float | None:
   """Error of predicting ``y = x`` (with a 1-channel ``x`` broadcast); ``None`` if undefined."""
   if x.shape[1:3] != y.shape[1:3] or x.shape[-1] not in (1, y.shape[-1]):
     return None
-  axes = (1, 2, 3)
-  err = np.sqrt(np.sum((x - y) ** 2, axes) / np.sum(y**2, axes))
-  return float(np.mean(err))
+  return float(losses.relative_lp(x, y))
 
 
 def checkpoint_manager(out: pathlib.Path) -> ocp.CheckpointManager:
@@ -394,7 +328,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     The metrics, as written to ``config.out/metrics.json``.
 
   Raises:
-    ValueError: On invalid settings or data (the message says which).
+    ConfigError: On invalid settings or data, before training starts (the
+      message says which). Errors during training propagate as they are.
   """
   start_time = time.perf_counter()
   out = pathlib.Path(config.out)
@@ -403,7 +338,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   ds = load_data(config)
   check_data(config, ds, mesh)
   x_train, y_train, x_test, y_test = map(with_channels, ds)
-  norm = Normalizer.fit(x_train, y_train)
+  norm = steps.Normalizer.fit(x_train, y_train)
 
   steps_per_epoch = len(x_train) // config.batch_size
   schedule = make_schedule(config, steps_per_epoch)
@@ -411,11 +346,11 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   train_step = jax.jit(
-    make_train_step(run.graphdef, run.optimizer, norm, config.loss),
+    steps.make_train_step(run.graphdef, run.optimizer, norm, config.loss),
     in_shardings=(run.param_shardings, run.state_shardings, batch_sharding, batch_sharding),
     out_shardings=(run.param_shardings, run.state_shardings, replicated),
   )
-  eval_step = jax.jit(make_eval_step(run.graphdef, norm), out_shardings=replicated)
+  eval_step = jax.jit(steps.make_eval_step(run.graphdef, norm), out_shardings=replicated)
 
   def evaluate_split(params, x, y):
     return evaluate(eval_step, params, x, y, config.eval_batch_size, batch_sharding)
@@ -427,7 +362,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
   manager = checkpoint_manager(out)
   if not config.resume:
-    # A fresh run owns its directory: stale checkpoints would be resumed later.
+    # Only with --overwrite (see `check_out`): stale checkpoints would be resumed later.
     for step in manager.all_steps():
       manager.delete(step)
   elif manager.latest_step() is not None:
@@ -495,7 +430,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
   plots.plot_history(history, out / "loss.png", identity=metrics["identity_rel_l2"])
   n_show = min(3, len(x_test))
-  pred = jax.jit(lambda p, x: predict(run.graphdef, p, norm, x), out_shardings=replicated)(
+  pred = jax.jit(lambda p, x: steps.predict(run.graphdef, p, norm, x), out_shardings=replicated)(
     params, jax.device_put(x_test[:n_show], replicated)
   )
   plots.plot_samples(x_test[:n_show], y_test[:n_show], np.asarray(pred), out / "samples.png")
@@ -508,25 +443,3 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     f"{mb(metrics['adamw_state_bytes'])}; wrote {out}"
   )
   return metrics
-
-
-def parser() -> argparse.ArgumentParser:
-  """The command-line parser: one flag per `configs.Config` field."""
-  p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
-  configs.add_arguments(p)
-  return p
-
-
-def main(argv: list[str] | None = None) -> int:
-  """Runs the command line; bad input exits with status 2 and a message on stderr."""
-  p = parser()
-  config = configs.from_args(p.parse_args(argv))
-  try:
-    train_and_evaluate(config)
-  except ValueError as e:
-    p.error(str(e))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,0 +1,93 @@
+"""The train and evaluation steps of the FNO example: pure functions, ready to jit.
+
+The training loop (`examples.fno.train`) and the benchmarks share these steps,
+so that what the benchmarks measure is what the example trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from examples.fno import losses, model
+
+
+class Normalizer(NamedTuple):
+  """Per-channel statistics of the training split, shaped ``(C,)``."""
+
+  x_mean: jax.Array
+  x_std: jax.Array
+  y_mean: jax.Array
+  y_std: jax.Array
+
+  @classmethod
+  def fit(cls, x: np.ndarray, y: np.ndarray) -> Normalizer:
+    """Computes the mean and standard deviation of each channel of ``x`` and ``y``."""
+    axes = (0, 1, 2)
+    # A constant channel (e.g. a uniform coefficient) would divide by zero.
+    std = lambda a: np.maximum(a.std(axes), 1e-6 * (np.abs(a).max(axes) + 1e-30))
+    return cls(x.mean(axes), std(x), y.mean(axes), std(y))
+
+
+def predict(
+  graphdef: nnx.GraphDef, params: nnx.State, norm: Normalizer | None, x: jax.Array
+) -> jax.Array:
+  """The model's prediction in the data's units: it sees and predicts normalised fields.
+
+  Args:
+    graphdef: The model structure, from ``nnx.split(model)``.
+    params: The parameters.
+    norm: Input and output normalisation; ``None`` for none.
+    x: Inputs, ``(B, H, W, C_in)``.
+
+  Returns:
+    Predictions, ``(B, H, W, C_out)``.
+  """
+  if norm is None:
+    return model.apply(graphdef, params, x)
+  out = model.apply(graphdef, params, (x - norm.x_mean) / norm.x_std)
+  return out * norm.y_std + norm.y_mean
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  optimizer: optax.GradientTransformation,
+  norm: Normalizer | None = None,
+  loss: str = "l2",
+) -> Callable[[nnx.State, optax.OptState, jax.Array, jax.Array], tuple]:
+  """Builds one optimisation step: forward, backward, optimizer, ``apply_updates``.
+
+  Args:
+    graphdef: The model structure, from ``nnx.split(model)``.
+    optimizer: Any optax optimizer.
+    norm: Input and output normalisation (see `Normalizer`); ``None`` for
+      none.
+    loss: A key of `losses.LOSSES`: the relative loss on the prediction in
+      the data's units, averaged over the batch.
+
+  Returns:
+    ``train_step(params, opt_state, x, y) -> (params, opt_state, loss)``, to
+    jit with the shardings of the run.
+  """
+  loss_fn = losses.LOSSES[loss]
+
+  def train_step(params, opt_state, x, y):
+    value, grads = jax.value_and_grad(lambda p: loss_fn(predict(graphdef, p, norm, x), y))(params)
+    # For complex parameters (the spectral weights), jax.grad of a real loss
+    # is the conjugate of the steepest-ascent direction: conjugate it so that
+    # the optimizer descends.
+    grads = optax.tree.conj(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, norm: Normalizer | None = None) -> Callable:
+  """Builds ``eval_step(params, x, y) -> per-sample relative L2 errors``."""
+  return lambda params, x, y: losses.per_sample_relative_lp(predict(graphdef, params, norm, x), y)
