@@ -93,16 +93,7 @@ def parse_ranks(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs the comparison.
-
-  Args:
-    argv: Arguments, default ``sys.argv[1:]``.
-
-  Returns:
-    0 on success. Invalid settings or data exit with status 2 and a message on
-    stderr before training starts; an error during training propagates with
-    its traceback.
-  """
+  """Runs the comparison; exits and fails as `examples.fno.main.main` does."""
   parser = argparse.ArgumentParser(
     prog="python -m examples.fno.compare", description=__doc__.split("\n\n")[0]
   )

@@ -365,7 +365,7 @@ def _generate_navier_stokes(
   """Generates the Navier-Stokes arrays, in `Dataset` order.
 
   Args:
-    params: Validated parameters (`_parameters`).
+    params: Validated parameters (`parameters`).
     batch_size: Samples solved at once.
     bar: Progress bar, advanced by the samples done.
     log: ``print``-like function for the chosen time step.
@@ -508,7 +508,7 @@ def _generate_darcy(params: dict, *, bar: tqdm.tqdm) -> list:
   """Generates the Darcy arrays, in `Dataset` order.
 
   Args:
-    params: Validated parameters (`_parameters`).
+    params: Validated parameters (`parameters`).
     bar: Progress bar, advanced by the samples done.
 
   Returns:
@@ -536,7 +536,7 @@ def _generate_darcy(params: dict, *, bar: tqdm.tqdm) -> list:
 # --------------------------------------------------------------------------
 
 
-def _parameters(
+def parameters(
   pde: str,
   *,
   n_train: int,
@@ -554,8 +554,25 @@ def _parameters(
   """Validates the parameters that determine a data set, and normalises them.
 
   Args:
-    pde: ``"navier_stokes"`` or ``"darcy"``; the other arguments are as in
-      `generate`.
+    pde: ``"navier_stokes"`` or ``"darcy"``.
+    n_train: Number of training samples.
+    n_test: Number of test samples.
+    resolution: Grid size ``S`` of the stored fields.
+    solve_resolution: Grid size of the solve (default ``resolution``); the
+      fields are strided down to ``resolution``. Navier-Stokes: a multiple of
+      ``resolution``, even. Darcy: ``solve_resolution - 1`` a multiple of
+      ``resolution - 1``.
+    viscosity: Navier-Stokes ``nu``.
+    t_final: Navier-Stokes time of ``y``.
+    dt: Navier-Stokes time step; by default `stable_dt` of `velocity_bound`.
+      Either way it is rounded down to divide ``t_final`` into whole steps.
+    trajectory: Navier-Stokes: store ``y`` as this many equally spaced
+      snapshots up to ``t_final``, as channels ``(N, S, S, K)``; 1 stores
+      ``(N, S, S)``.
+    a_high: Darcy coefficient where the random field is non-negative.
+    a_low: Darcy coefficient elsewhere.
+    seed: Random seed. Training and test samples come from separate streams,
+      so the test set does not change with ``n_train``.
 
   Returns:
     A JSON-serialisable dict of the parameters that ``pde`` uses, with
@@ -614,47 +631,14 @@ def _parameters(
   return params
 
 
-def generate(
-  pde: str,
-  *,
-  n_train: int,
-  n_test: int,
-  resolution: int,
-  solve_resolution: int | None = None,
-  viscosity: float = NS_VISCOSITY,
-  t_final: float = NS_T_FINAL,
-  dt: float | None = None,
-  trajectory: int = 1,
-  a_high: float = DARCY_A_HIGH,
-  a_low: float = DARCY_A_LOW,
-  seed: int = 0,
-  batch_size: int = 32,
-  verbose: bool = True,
-) -> Dataset:
+def generate(pde: str, *, batch_size: int = 32, verbose: bool = True, **params) -> Dataset:
   """Generates a data set.
 
   Args:
     pde: ``"navier_stokes"`` or ``"darcy"``.
-    n_train: Number of training samples.
-    n_test: Number of test samples.
-    resolution: Grid size ``S`` of the stored fields.
-    solve_resolution: Grid size of the solve (default ``resolution``); the
-      fields are strided down to ``resolution``. Navier-Stokes: a multiple of
-      ``resolution``, even. Darcy: ``solve_resolution - 1`` a multiple of
-      ``resolution - 1``.
-    viscosity: Navier-Stokes ``nu``.
-    t_final: Navier-Stokes time of ``y``.
-    dt: Navier-Stokes time step; by default `stable_dt` of `velocity_bound`.
-      Either way it is rounded down to divide ``t_final`` into whole steps.
-    trajectory: Navier-Stokes: store ``y`` as this many equally spaced
-      snapshots up to ``t_final``, as channels ``(N, S, S, K)``; 1 stores
-      ``(N, S, S)``.
-    a_high: Darcy coefficient where the random field is non-negative.
-    a_low: Darcy coefficient elsewhere.
-    seed: Random seed. Training and test samples come from separate streams,
-      so the test set does not change with ``n_train``.
     batch_size: Navier-Stokes samples solved together.
     verbose: Whether to show a progress bar and print ``dt`` and the speed.
+    **params: The data set's parameters, see `parameters`.
 
   Returns:
     The data set, float32.
@@ -663,20 +647,7 @@ def generate(
     ValueError: On invalid parameters, or if the solution is not finite (a
       too large ``dt``).
   """
-  params = _parameters(
-    pde,
-    n_train=n_train,
-    n_test=n_test,
-    resolution=resolution,
-    solve_resolution=solve_resolution,
-    viscosity=viscosity,
-    t_final=t_final,
-    dt=dt,
-    trajectory=trajectory,
-    a_high=a_high,
-    a_low=a_low,
-    seed=seed,
-  )
+  params = parameters(pde, **params)
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   log = print if verbose else lambda *_: None
@@ -863,20 +834,10 @@ def cache_file(params: dict, cache_dir: str | os.PathLike | None = None) -> path
 def load_or_generate(
   pde: str,
   *,
-  n_train: int,
-  n_test: int,
-  resolution: int,
-  solve_resolution: int | None = None,
-  viscosity: float = NS_VISCOSITY,
-  t_final: float = NS_T_FINAL,
-  dt: float | None = None,
-  trajectory: int = 1,
-  a_high: float = DARCY_A_HIGH,
-  a_low: float = DARCY_A_LOW,
-  seed: int = 0,
   batch_size: int = 32,
   cache_dir: str | os.PathLike | None = None,
   verbose: bool = True,
+  **params,
 ) -> Dataset:
   """Returns a cached data set, generating and caching it on first use.
 
@@ -886,20 +847,10 @@ def load_or_generate(
 
   Args:
     pde: ``"navier_stokes"`` or ``"darcy"``.
-    n_train: See `generate`.
-    n_test: See `generate`.
-    resolution: See `generate`.
-    solve_resolution: See `generate`.
-    viscosity: See `generate`.
-    t_final: See `generate`.
-    dt: See `generate`.
-    trajectory: See `generate`.
-    a_high: See `generate`.
-    a_low: See `generate`.
-    seed: See `generate`.
     batch_size: See `generate`; does not change the data.
     cache_dir: Cache directory, created if missing.
     verbose: Whether to report progress.
+    **params: The data set's parameters, see `parameters`.
 
   Returns:
     The data set, float32.
@@ -907,20 +858,7 @@ def load_or_generate(
   Raises:
     ValueError: On invalid parameters or an unreadable cache file.
   """
-  params = _parameters(
-    pde,
-    n_train=n_train,
-    n_test=n_test,
-    resolution=resolution,
-    solve_resolution=solve_resolution,
-    viscosity=viscosity,
-    t_final=t_final,
-    dt=dt,
-    trajectory=trajectory,
-    a_high=a_high,
-    a_low=a_low,
-    seed=seed,
-  )
+  params = parameters(pde, **params)
   path = cache_file(params, cache_dir)
   if path.exists():
     if verbose:

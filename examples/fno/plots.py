@@ -17,6 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str) -> None:
+  """Labels the axes, adds a grid and the legend, writes ``path`` and closes the figure."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_history(
   history: Sequence[dict], path: str | os.PathLike, *, identity: float | None = None
 ) -> None:
@@ -34,13 +44,8 @@ def plot_history(
   ax.plot(epochs, [h["test_rel_l2"] for h in history], "s-", label="test relative L2")
   if identity is not None:
     ax.axhline(identity, color="gray", linestyle="--", label="identity (y = x)")
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("relative error")
   ax.set_yscale("log")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, ax, path, "epoch", "relative error")
 
 
 def plot_samples(x: np.ndarray, y: np.ndarray, pred: np.ndarray, path: str | os.PathLike) -> None:
@@ -101,9 +106,4 @@ def plot_compare(rows: Sequence[dict], path: str | os.PathLike) -> None:
       if r["rank"] is not None:
         ax.annotate(f"{r['rank']:g}", (m, e), textcoords="offset points", xytext=(5, 5))
   ax.set_xscale("log")
-  ax.set_xlabel("optimizer state (MiB)")
-  ax.set_ylabel("test relative L2")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, ax, path, "optimizer state (MiB)", "test relative L2")
