@@ -15,9 +15,10 @@ dtypes). The least fragile point to intervene is the one call that receives the 
 * For the duration of this module only (a module-scoped fixture, undone afterwards),
   ``optax.contrib.tensor_galore_adamw`` exists, because the suite looks optimizers up by name
   on ``optax.contrib``; and ``inject_hyperparams``, which the suite reaches as
-  ``optax.schedules._inject.inject_hyperparams``, also keeps ``min_size`` static. The suite
-  keeps ``rank`` and ``update_proj_gap`` static itself; ``min_size`` decides shapes (which
-  leaves are projected), so it cannot be traced either.
+  ``optax.schedules._inject.inject_hyperparams``, keeps ``STATIC_ARGS`` static: they decide
+  shapes (which leaves are projected, the ranks) and when the factors are refreshed, so they
+  cannot be traced. Recent suites list ``rank`` and ``update_proj_gap`` themselves (optax
+  0.2.7 on); ``min_size`` is ours.
 
 When the wheel does not ship the file, the module is skipped. ``CHECKED_OPTAX_VERSIONS`` says
 which optax releases this was run against.
@@ -34,7 +35,7 @@ from absl.testing import parameterized
 
 import tensor_galore_optax
 
-CHECKED_OPTAX_VERSIONS = ("0.2.5", "0.2.8")
+CHECKED_OPTAX_VERSIONS = ("0.2.5", "0.2.7", "0.2.8")
 
 OPTIMIZERS = [
   # Default: the suite's small leaves stay with Adam at full size.
@@ -55,7 +56,7 @@ OPTIMIZERS = [
   }
   for kwargs in OPTIMIZERS
 ]
-STATIC_ARGS = ("min_size",)
+STATIC_ARGS = ("rank", "update_proj_gap", "min_size")
 
 _SPEC = importlib.util.find_spec("optax.contrib._common_test")
 if _SPEC is None:
