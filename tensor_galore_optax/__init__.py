@@ -1,10 +1,12 @@
 """Tensor-GaLore for optax: memory-efficient optimizers for tensor-shaped weights."""
 
+from tensor_galore_optax._factored import FactoredRmsState, scale_by_factored_rms
 from tensor_galore_optax._memory import optimizer_state_bytes, tree_bytes
-from tensor_galore_optax._refresh import REFRESH_METHODS
+from tensor_galore_optax._refresh import REFRESH_METHODS, RefreshMethod
 from tensor_galore_optax._sharding import optimizer_state_shardings
 from tensor_galore_optax._transform import (
   MOMENT_POLICIES,
+  MomentPolicy,
   TensorGaLoreState,
   tensor_galore,
   tensor_galore_adamw,
@@ -16,10 +18,14 @@ __version__ = "0.1.0"
 __all__ = (
   "MOMENT_POLICIES",
   "REFRESH_METHODS",
+  "FactoredRmsState",
+  "MomentPolicy",
+  "RefreshMethod",
   "TensorGaLoreState",
   "TuckerSpec",
   "optimizer_state_bytes",
   "optimizer_state_shardings",
+  "scale_by_factored_rms",
   "tensor_galore",
   "tensor_galore_adamw",
   "tree_bytes",

@@ -31,13 +31,41 @@ communication, neither changes the result beyond floating-point reordering.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tensor_galore_optax._transform import TensorGaLoreState
+
+def _uses_explicit_axes(tree) -> bool:
+  """Whether any array of ``tree`` is sharded over a mesh with explicit axes."""
+  for leaf in jax.tree.leaves(tree):
+    mesh = getattr(jax.typeof(leaf).sharding, "mesh", None)
+    if mesh is not None and not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types:
+      return True
+  return False
+
+
+def with_auto_axes(update_fn: Callable) -> Callable:
+  """``update_fn`` run under `jax.sharding.auto_axes` when its inputs use explicit mesh axes.
+
+  Under explicit axes (``jax.make_mesh``'s default), JAX asks every contraction
+  of a sharded axis (a refresh's decompositions, the projections) for an output
+  sharding. XLA's automatic propagation decides them instead; the results keep
+  the shardings of the inputs.
+  """
+
+  def wrapped(updates, state, params=None, **extra_args):
+    if not _uses_explicit_axes((updates, state)):
+      return update_fn(updates, state, params, **extra_args)
+    out_shardings = jax.tree.map(lambda x: jax.typeof(x).sharding, (updates, state))
+    return jax.sharding.auto_axes(
+      lambda u, s: update_fn(u, s, None, **extra_args), out_sharding=out_shardings
+    )(updates, state)
+
+  return wrapped
 
 
 def _is_masked(x) -> bool:
@@ -135,6 +163,9 @@ def optimizer_state_shardings(
     >>> state[0].base_optimizer_state.nu['w'].sharding == galore.base_optimizer_state.nu['w']
     True
   """
+  # Imported here: `_transform` wraps its update with `with_auto_axes` above.
+  from tensor_galore_optax._transform import TensorGaLoreState  # noqa: PLC0415
+
   params_leaves, params_treedef = jax.tree.flatten(params)
   if param_shardings is None:
     shardings = [getattr(leaf, "sharding", None) for leaf in params_leaves]

@@ -4,26 +4,36 @@ Implements "Tensor-GaLore: Memory-Efficient Training via Gradient Tensor
 Decomposition" (George et al., https://arxiv.org/abs/2501.02379), which extends
 GaLore (Zhao et al., https://arxiv.org/abs/2403.03507) from matrices to tensors
 of any order, real or complex.
+
+Each step, leaf by leaf: refresh the factors (every ``update_proj_gap`` steps),
+project the gradient on its Tucker core, run the base optimizer on the cores,
+back-project. Every per-leaf function below takes the leaf's `TuckerPlan`
+(``None`` for a leaf that is not projected) and is mapped over the tree, so a
+leaf's refresh and update depend on its own gradient only.
 """
 
+import functools
+import typing
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from tensor_galore_optax import _refresh, _tucker
+from tensor_galore_optax import _moments, _refresh, _sharding, _tucker
+from tensor_galore_optax._refresh import RefreshMethod
 from tensor_galore_optax._tucker import Rank, TuckerPlan, TuckerSpec
 
-MOMENT_POLICIES: tuple[str, ...] = ("keep", "reset", "rotate")
+MomentPolicy = Literal["keep", "reset", "rotate"]
 """What the base optimizer's moments do when the factors change; see `tensor_galore`."""
+
+MOMENT_POLICIES: tuple[str, ...] = typing.get_args(MomentPolicy)
+"""The moment policies, the paper's (``"keep"``) first."""
 
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
 SpecLike = TuckerSpec | optax.Params | Callable[[optax.Params], Any] | None
-
-_FACTOR_DTYPES = {None: None, "float32": jnp.float32, "float64": jnp.float64}
 
 
 class TensorGaLoreState(NamedTuple):
@@ -31,79 +41,69 @@ class TensorGaLoreState(NamedTuple):
 
   Attributes:
     count: Number of updates taken so far (int32 scalar).
-    factors: One entry per parameter leaf: a tuple holding the ``(I_n, R_n)``
-      factor of each projected mode, ``()`` for leaves that are not projected.
+    factors: One entry per parameter leaf: a tuple holding the factor of each
+      projected mode (``(I_n, R_n)``, with the leaf's batch axes in front),
+      ``()`` for leaves that are not projected.
     base_optimizer_state: The base optimizer's state on the tree of cores
       (projected leaves) and full gradients (the other leaves).
   """
 
   count: jax.Array
-  factors: Any
+  factors: optax.Params
   base_optimizer_state: optax.OptState
 
 
-def _is_spec_leaf(x) -> bool:
-  return x is None or isinstance(x, TuckerSpec)
+def _map_plans(fn: Callable, plans, tree, *rest):
+  """``fn(plan, leaf, *subtrees)`` for every leaf of ``tree``.
+
+  ``plans`` and ``rest`` hold one entry per leaf of ``tree`` (a plan or None,
+  a tuple of factors, ...): ``tree`` leads, so None leaves in it stay empty.
+  """
+  return jax.tree.map(lambda leaf, plan, *r: fn(plan, leaf, *r), tree, plans, *rest)
 
 
-def _factor_dtype(leaf_dtype, factor_dtype: str | None):
-  """Decomposition dtype: at least float32, complex for complex leaves."""
-  real = jnp.promote_types(jnp.finfo(leaf_dtype).dtype, jnp.float32)
-  if factor_dtype is not None:
-    real = _FACTOR_DTYPES[factor_dtype]
-  real = jax.dtypes.canonicalize_dtype(real)
-  if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
-    return jnp.result_type(real, jnp.complex64)
-  return real
+def _path(path) -> str:
+  return f"leaf {jax.tree_util.keystr(path)}"
 
 
-def _plans(
-  tree: optax.Params, spec: SpecLike, rank: Rank, min_size: int
-) -> tuple[list[TuckerPlan | None], Any]:
-  """Resolves one `TuckerPlan` (or None) per leaf of ``tree``; shapes only."""
-  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  for path, leaf in paths_and_leaves:
-    where = f"leaf {jax.tree_util.keystr(path)}"
-    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-      raise TypeError(
-        f"{where} is a {type(leaf).__name__}, not an array; tensor_galore needs array leaves."
-      )
-    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-      raise TypeError(
-        f"{where} has shape {tuple(leaf.shape)} and dtype {leaf.dtype}; tensor_galore trains "
-        "floating and complex parameters only. Keep integer and boolean arrays out of the "
-        "optimized tree (e.g. nnx.split(model, nnx.Param, ...)) or wrap with optax.masked."
-      )
+# --- Static arguments and plans (plain Python, once per trace) -------------------------------
 
-  def eligible(leaf) -> bool:
-    return leaf.ndim >= 2 and leaf.size >= min_size
 
-  if spec is None:
-    specs = [_default_spec(leaf, rank) if eligible(leaf) else None for _, leaf in paths_and_leaves]
-  elif isinstance(spec, TuckerSpec):
-    specs = [spec if eligible(leaf) else None for _, leaf in paths_and_leaves]
-  else:
-    spec_tree = spec(tree) if callable(spec) else spec
-    try:
-      specs = treedef.flatten_up_to(spec_tree)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-        f"spec does not match the params tree (a TuckerSpec or None per leaf): {e}"
-      ) from e
-    for (path, _), s in zip(paths_and_leaves, specs):
-      if not _is_spec_leaf(s):
-        raise TypeError(
-          f"spec for leaf {jax.tree_util.keystr(path)} is {s!r}; expected a TuckerSpec or None."
-        )
-
-  plans = []
-  for (path, leaf), s in zip(paths_and_leaves, specs):
-    if s is None:
-      plans.append(None)
-      continue
-    where = f"leaf {jax.tree_util.keystr(path)} with shape {tuple(leaf.shape)}"
-    plans.append(_tucker.make_plan(leaf.shape, s, rank, where))
-  return plans, treedef
+def _check_arguments(
+  rank, update_proj_gap, min_size, refresh_method, moment_policy, factor_dtype, base_optimizer
+):
+  """Validates the static arguments of `tensor_galore`; returns the factor dtype."""
+  _tucker.validate_rank(rank)
+  if isinstance(update_proj_gap, bool) or not isinstance(update_proj_gap, int):
+    raise TypeError(f"update_proj_gap must be an int, got {update_proj_gap!r}.")
+  if update_proj_gap < 1:
+    raise ValueError(f"update_proj_gap must be at least 1, got {update_proj_gap}.")
+  if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+    raise ValueError(f"min_size must be a non-negative int, got {min_size!r}.")
+  if refresh_method not in _refresh.REFRESH_METHODS:
+    raise ValueError(
+      f"refresh_method must be one of {_refresh.REFRESH_METHODS}, got {refresh_method!r}."
+    )
+  if moment_policy not in MOMENT_POLICIES:
+    raise ValueError(f"moment_policy must be one of {MOMENT_POLICIES}, got {moment_policy!r}.")
+  if not isinstance(base_optimizer, optax.GradientTransformation):
+    raise TypeError(
+      f"base_optimizer must be an optax.GradientTransformation, got {base_optimizer!r}."
+    )
+  if factor_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(factor_dtype)
+  except TypeError as e:
+    raise TypeError(f"factor_dtype must be a real floating dtype, got {factor_dtype!r}.") from e
+  if dtype not in (jnp.float32, jnp.float64):
+    raise ValueError(f"factor_dtype must be float32 or float64, got {factor_dtype!r}.")
+  if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
+    raise ValueError(
+      "factor_dtype=float64 needs 64-bit JAX (jax.config.update('jax_enable_x64', True)); "
+      "without it every float64 array is float32."
+    )
+  return dtype
 
 
 def _default_spec(leaf, rank: Rank) -> TuckerSpec:
@@ -118,23 +118,148 @@ def _default_spec(leaf, rank: Rank) -> TuckerSpec:
   return TuckerSpec(num_projected=1) if one_sided else TuckerSpec()
 
 
-def _map_moments(state, fn: Callable[[str, Any], Any]):
-  """Applies ``fn(name, tree)`` to every ``mu``/``nu`` field found in ``state``."""
-  if isinstance(state, tuple) and hasattr(state, "_fields"):
-    values = {
-      f: fn(f, v) if f in ("mu", "nu") else _map_moments(v, fn)
-      for f, v in zip(state._fields, state)
-    }
-    return type(state)(**values)
-  if isinstance(state, (tuple, list)):
-    return type(state)(_map_moments(s, fn) for s in state)
-  return state
+def _plans(tree: optax.Params, spec: SpecLike, rank: Rank, min_size: int):
+  """One `TuckerPlan` per leaf of ``tree`` (``None`` = not projected); shapes only."""
+  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  for path, leaf in paths_and_leaves:
+    if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+      raise TypeError(
+        f"{_path(path)} is a {type(leaf).__name__}, not an array; tensor_galore needs array leaves."
+      )
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      raise TypeError(
+        f"{_path(path)} has shape {tuple(leaf.shape)} and dtype {leaf.dtype}; tensor_galore "
+        "trains floating and complex parameters only. Keep integer and boolean arrays out of the "
+        "optimized tree (e.g. nnx.split(model, nnx.Param, ...)) or wrap with optax.masked."
+      )
+  leaves = [leaf for _, leaf in paths_and_leaves]
+  if spec is None or isinstance(spec, TuckerSpec):
+    eligible = lambda leaf: leaf.ndim >= 2 and leaf.size >= min_size
+    chosen = spec or None
+    specs = [(chosen or _default_spec(leaf, rank)) if eligible(leaf) else None for leaf in leaves]
+  else:
+    spec_tree = spec(tree) if callable(spec) else spec
+    try:
+      specs = treedef.flatten_up_to(spec_tree)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+        f"spec does not match the params tree (a TuckerSpec or None per leaf): {e}"
+      ) from e
+    for (path, _), s in zip(paths_and_leaves, specs):
+      if not (s is None or isinstance(s, TuckerSpec)):
+        raise TypeError(f"spec for {_path(path)} is {s!r}; expected a TuckerSpec or None.")
+
+  def plan(path, leaf, s):
+    if s is None or leaf.size == 0:  # nothing to project in an empty leaf
+      return None
+    where = f"{_path(path)} with shape {tuple(leaf.shape)}"
+    return _tucker.make_plan(leaf.shape, s, rank, where)
+
+  return treedef.unflatten(plan(p, leaf, s) for (p, leaf), s in zip(paths_and_leaves, specs))
 
 
-def _has_moments(state) -> bool:
-  found = []
-  _map_moments(state, lambda name, tree: found.append(name) or tree)
-  return bool(found)
+def _factor_dtype(leaf_dtype, factor_dtype):
+  """Decomposition dtype: at least float32, complex for complex leaves."""
+  real = factor_dtype or jnp.promote_types(jnp.finfo(leaf_dtype).dtype, jnp.float32)
+  if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+    return jnp.result_type(real, jnp.complex64)
+  return jnp.dtype(real)
+
+
+# --- The per-leaf steps ------------------------------------------------------------------------
+
+
+def _init_factors(plan: TuckerPlan | None, param, factor_dtype):
+  if plan is None:
+    return ()
+  return _refresh.initial_factors(plan.factor_shapes, _factor_dtype(param.dtype, factor_dtype))
+
+
+def _zero_core(plan: TuckerPlan | None, leaf):
+  """Zeros shaped like what the base optimizer sees for ``leaf``."""
+  return jnp.zeros(leaf.shape if plan is None else plan.core_shape, leaf.dtype)
+
+
+def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
+  """The state's factors of one leaf as a tuple, checked against its gradient.
+
+  Containers other than tuples are accepted (Flax NNX stores a tuple as a
+  mapping from its positions).
+  """
+  wanted = () if plan is None else plan.factor_shapes
+  try:
+    factors = tuple(held[k] for k in range(len(held)))
+  except (TypeError, KeyError):
+    factors = None
+  shapes = None if factors is None else tuple(tuple(getattr(u, "shape", ())) for u in factors)
+  if shapes != tuple(wanted):
+    raise ValueError(
+      f"{_path(path)}: its gradient of shape {tuple(grad.shape)} needs factors {tuple(wanted)} "
+      f"but the state holds {shapes if shapes is not None else held!r}; was the state "
+      "initialised for other params?"
+    )
+  if factors and jnp.iscomplexobj(grad) and not jnp.iscomplexobj(factors[0]):
+    raise TypeError(
+      f"{_path(path)}: the gradient is complex ({grad.dtype}) but the state was initialised "
+      f"for real params ({factors[0].dtype} factors); its imaginary part would be dropped. "
+      "Initialise the optimizer with the complex params."
+    )
+  return factors
+
+
+def _refresh_leaf(plan: TuckerPlan | None, grad, factors, *, method, now):
+  """New factors at a refresh step, the held ones otherwise (one `lax.cond` per leaf)."""
+  if plan is None:
+    return factors
+  refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method)
+  return jax.lax.cond(
+    now,
+    lambda: _tucker.batched(refresh, len(plan.batch_shape))(plan.to_tensor(grad), factors),
+    lambda: factors,
+  )
+
+
+def _project_leaf(plan: TuckerPlan | None, grad, factors):
+  """The Tucker core of a gradient (the gradient itself if not projected)."""
+  if plan is None:
+    return grad
+  tensor = plan.to_tensor(grad)
+  work = jnp.result_type(tensor, *factors)
+  return plan.project(tensor.astype(work), factors).astype(grad.dtype)
+
+
+def _back_project_leaf(plan: TuckerPlan | None, update, factors, grad, *, scale):
+  """The full-size update of a core update, times ``scale`` (projected leaves only)."""
+  if plan is None:
+    return update
+  work = jnp.result_type(update, *factors)
+  full = plan.from_tensor(plan.back_project(update.astype(work), factors))
+  return (scale * full).astype(grad.dtype)
+
+
+def _transport_leaf(plan: TuckerPlan | None, moment, old, new, *, second_order):
+  """A core moment expressed in the new factors' basis (``U_new^H U_old`` per mode).
+
+  A second moment moves by the entrywise squared magnitude of that matrix,
+  exact when the core's entries are uncorrelated; it stays non-negative.
+  """
+  if plan is None or isinstance(moment, optax.MaskedNode):
+    return moment
+
+  def transport(x, old, new):
+    work = jnp.result_type(x, *old)
+    x = x.astype(work)
+    for n, u_old, u_new in zip(plan.projected_modes, old, new):
+      change = u_new.conj().T @ u_old
+      if second_order:
+        change = jnp.abs(change) ** 2
+      x = _tucker.mode_dot(x, change.T.astype(work), n)
+    return x
+
+  return _tucker.batched(transport, len(plan.batch_shape))(moment, old, new).astype(moment.dtype)
+
+
+# --- The transformation ------------------------------------------------------------------------
 
 
 def tensor_galore(
@@ -145,9 +270,9 @@ def tensor_galore(
   base_optimizer: optax.GradientTransformation | None = None,
   min_size: int = 16_384,
   spec: SpecLike = None,
-  refresh_method: str = "sthosvd",
-  moment_policy: str = "keep",
-  factor_dtype: str | None = None,
+  refresh_method: RefreshMethod = "sthosvd",
+  moment_policy: MomentPolicy = "keep",
+  factor_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -245,175 +370,76 @@ def tensor_galore(
     Zhao et al., [GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
     Projection](https://arxiv.org/abs/2403.03507), 2024.
   """
-  _tucker.validate_rank(rank)
-  if isinstance(update_proj_gap, bool) or not isinstance(update_proj_gap, int):
-    raise TypeError(f"update_proj_gap must be an int, got {update_proj_gap!r}.")
-  if update_proj_gap < 1:
-    raise ValueError(f"update_proj_gap must be at least 1, got {update_proj_gap}.")
-  if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
-    raise ValueError(f"min_size must be a non-negative int, got {min_size!r}.")
-  if refresh_method not in _refresh.REFRESH_METHODS:
-    raise ValueError(
-      f"refresh_method must be one of {_refresh.REFRESH_METHODS}, got {refresh_method!r}."
-    )
-  if moment_policy not in MOMENT_POLICIES:
-    raise ValueError(f"moment_policy must be one of {MOMENT_POLICIES}, got {moment_policy!r}.")
-  if factor_dtype not in _FACTOR_DTYPES:
-    raise ValueError(f"factor_dtype must be None, 'float32' or 'float64', got {factor_dtype!r}.")
   if base_optimizer is None:
     base_optimizer = optax.scale_by_adam()
-  if not isinstance(base_optimizer, optax.GradientTransformation):
-    raise TypeError(
-      f"base_optimizer must be an optax.GradientTransformation, got {base_optimizer!r}."
-    )
+  factor_dtype = _check_arguments(
+    rank, update_proj_gap, min_size, refresh_method, moment_policy, factor_dtype, base_optimizer
+  )
   base = optax.with_extra_args_support(base_optimizer)
+  plans_of = functools.partial(_plans, spec=spec, rank=rank, min_size=min_size)
 
-  def cores_like(plans, leaves):
-    """Zeros shaped like the tree the base optimizer sees, one per leaf."""
-    return [
-      jnp.zeros(leaf.shape if p is None else p.core_shape, leaf.dtype)
-      for p, leaf in zip(plans, leaves)
-    ]
-
-  def init_fn(params: optax.Params) -> TensorGaLoreState:
-    count = jnp.zeros([], jnp.int32)
-    if not jax.tree.leaves(params):
-      # Empty trees, and optax.tree.map_params's placeholder.
-      return TensorGaLoreState(count, params, base.init(params))
-    plans, treedef = _plans(params, spec, rank, min_size)
-    leaves = treedef.flatten_up_to(params)
-    factors = [
-      ()
-      if p is None
-      else tuple(
-        jnp.eye(i, r, dtype=_factor_dtype(leaf.dtype, factor_dtype)) for i, r in p.factor_shapes
-      )
-      for p, leaf in zip(plans, leaves)
-    ]
-    cores = treedef.unflatten(cores_like(plans, leaves))
+  def init_fn(params):
+    plans = plans_of(params)
+    init_factors = functools.partial(_init_factors, factor_dtype=factor_dtype)
+    cores = _map_plans(_zero_core, plans, params)
     base_state = base.init(cores)
     _check_base_optimizer(base, cores, base_state, moment_policy)
-    return TensorGaLoreState(count, treedef.unflatten(factors), base_state)
+    return TensorGaLoreState(
+      jnp.zeros([], jnp.int32), _map_plans(init_factors, plans, params), base_state
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params  # The projection needs none; weight decay belongs outside.
-    if _uses_explicit_axes((updates, state)):
-      # Under explicit mesh axes, JAX asks every contraction of a sharded axis
-      # (the refresh's Gram matrices, the projections) for an output sharding.
-      # XLA's automatic propagation decides them instead; the results keep the
-      # shardings of the inputs.
-      out_shardings = jax.tree.map(lambda x: jax.typeof(x).sharding, (updates, state))
-      return jax.sharding.auto_axes(
-        lambda u, s: _update(u, s, **extra_args), out_sharding=out_shardings
-      )(updates, state)
-    return _update(updates, state, **extra_args)
-
-  def _update(updates, state, **extra_args):
-    if not jax.tree.leaves(updates):
-      new_updates, base_state = base.update(updates, state.base_optimizer_state, None, **extra_args)
-      return new_updates, TensorGaLoreState(
-        optax.safe_increment(state.count), state.factors, base_state
-      )
-    plans, treedef = _plans(updates, spec, rank, min_size)
-    grads = treedef.flatten_up_to(updates)
-    _check_moment_shapes(updates, treedef, plans, state.base_optimizer_state)
-    old_factors = [
-      dict(zip(p.projected_modes, f)) if p is not None else {}
-      for p, f in zip(plans, _factors_per_leaf(updates, treedef, plans, state.factors))
-    ]
-    tensors = [g if p is None else p.to_tensor(g) for p, g in zip(plans, grads)]
-
-    def refresh():
-      new_factors = [
-        _refresh.refresh_factors(t, f, refresh_method, is_first=state.count == 0)
-        if p is not None
-        else {}
-        for p, t, f in zip(plans, tensors, old_factors)
-      ]
-      base_state = state.base_optimizer_state
-      if moment_policy == "reset":
-        base_state = base.init(treedef.unflatten(cores_like(plans, grads)))
-      elif moment_policy == "rotate":
-        base_state = _rotate_moments(base_state, treedef, plans, old_factors, new_factors)
-      return new_factors, base_state
-
-    factors, base_state = jax.lax.cond(
-      state.count % update_proj_gap == 0,
-      refresh,
-      lambda: (old_factors, state.base_optimizer_state),
+    plans = plans_of(updates)
+    held = _held_factors_tree(plans, updates, state.factors)
+    cores_like = _map_plans(_zero_core, plans, updates)
+    _moments.check_shapes(state.base_optimizer_state, cores_like)
+    now = state.count % update_proj_gap == 0
+    factors = _map_plans(
+      functools.partial(_refresh_leaf, method=refresh_method, now=now), plans, updates, held
     )
-    cores = [
-      t if p is None else _tucker.project(t.astype(_promote(t, f)), f).astype(t.dtype)
-      for p, t, f in zip(plans, tensors, factors)
-    ]
-    core_updates, base_state = base.update(treedef.unflatten(cores), base_state, None, **extra_args)
-    new_updates = []
-    for p, u, f, g in zip(plans, treedef.flatten_up_to(core_updates), factors, grads):
-      if p is not None:
-        u = p.from_tensor(_tucker.back_project(u.astype(_promote(u, f)), f))
-      new_updates.append((scale * u).astype(g.dtype))
-    new_factors = [tuple(f[n] for n in sorted(f)) for f in factors]
-    return treedef.unflatten(new_updates), TensorGaLoreState(
-      optax.safe_increment(state.count), treedef.unflatten(new_factors), base_state
+    base_state = _carry_moments(
+      moment_policy, state.base_optimizer_state, plans, held, factors, now, base, cores_like
     )
+    cores = _map_plans(_project_leaf, plans, updates, factors)
+    core_updates, base_state = base.update(cores, base_state, None, **extra_args)
+    back_project = functools.partial(_back_project_leaf, scale=scale)
+    new_updates = _map_plans(back_project, plans, core_updates, factors, updates)
+    return new_updates, TensorGaLoreState(optax.safe_increment(state.count), factors, base_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _uses_explicit_axes(tree) -> bool:
-  """Whether any array of ``tree`` is sharded over a mesh with explicit axes."""
-  for leaf in jax.tree.leaves(tree):
-    mesh = getattr(jax.typeof(leaf).sharding, "mesh", None)
-    if mesh is not None and not mesh.empty and jax.sharding.AxisType.Explicit in mesh.axis_types:
-      return True
-  return False
+  return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
 
 
-def _factors_per_leaf(updates, treedef, plans, factors) -> list[tuple]:
-  """The state's factors, one tuple per leaf, checked against the gradients."""
+def _held_factors_tree(plans, updates, factors):
+  """`_held_factors` for every leaf, with the leaf's path for messages."""
+  paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
   try:
     per_leaf = treedef.flatten_up_to(factors)
   except (ValueError, TypeError) as e:
     raise ValueError(
       f"updates do not match the tree tensor_galore was initialised with: {e}"
     ) from e
-  paths_and_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
-  for (path, leaf), plan, leaf_factors in zip(paths_and_leaves, plans, per_leaf):
-    wanted = () if plan is None else plan.factor_shapes
-    held = tuple(tuple(u.shape) for u in leaf_factors)
-    if tuple(wanted) != held:
-      raise ValueError(
-        f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} needs "
-        f"factors {tuple(wanted)} but the state holds {held}; was the state initialised for "
-        "other params?"
+  return treedef.unflatten(
+    _held_factors(path, plan, grad, held)
+    for (path, grad), plan, held in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
+  )
+
+
+def _carry_moments(policy, base_state, plans, old, new, now, base, cores_like):
+  """The base optimizer's state after the factors went from ``old`` to ``new``."""
+  if policy == "reset":
+    return jax.lax.cond(now, lambda: base.init(cores_like), lambda: base_state)
+  if policy == "rotate":
+
+    def rotate(name, moments):
+      second_order = _moments.is_second_order(name)
+      transport = functools.partial(_transport_leaf, second_order=second_order)
+      return jax.lax.cond(
+        now, lambda: _map_plans(transport, plans, moments, old, new), lambda: moments
       )
-  return per_leaf
 
-
-def _check_moment_shapes(updates, treedef, plans, base_state) -> None:
-  """Checks the cores' shapes against the base optimizer's ``mu``/``nu`` (if any)."""
-  paths_and_leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
-
-  def check(name, tree):
-    try:
-      moments = treedef.flatten_up_to(tree)
-    except (ValueError, TypeError):
-      return tree  # A field of another layout: not a per-leaf moment to check.
-    for (path, leaf), plan, moment in zip(paths_and_leaves, plans, moments):
-      core_shape = tuple(leaf.shape) if plan is None else plan.core_shape
-      if hasattr(moment, "shape") and tuple(moment.shape) != core_shape:
-        raise ValueError(
-          f"leaf {jax.tree_util.keystr(path)}: its gradient of shape {tuple(leaf.shape)} has "
-          f"a core of shape {core_shape} but the state's `{name}` holds {tuple(moment.shape)}; "
-          "was the state initialised for other params?"
-        )
-    return tree
-
-  _map_moments(base_state, check)
-
-
-def _promote(x: jax.Array, factors: dict[int, jax.Array]):
-  return jnp.result_type(x.dtype, *(u.dtype for u in factors.values()))
+    return _moments.map_moments(rotate, base_state, cores_like)
+  return base_state
 
 
 def _check_base_optimizer(base, cores, base_state, moment_policy: str) -> None:
@@ -428,37 +454,11 @@ def _check_base_optimizer(base, cores, base_state, moment_policy: str) -> None:
       "optax.chain(tensor_galore(...), optax.add_decayed_weights(wd), "
       f"optax.scale_by_learning_rate(lr)). The base optimizer raised: {e}"
     ) from e
-  if moment_policy == "rotate" and not _has_moments(base_state):
+  if moment_policy == "rotate" and not _moments.find_moments(base_state, cores):
     raise ValueError(
-      "moment_policy='rotate' transports the base optimizer's `mu`/`nu` fields, but its "
+      "moment_policy='rotate' transports the base optimizer's per-leaf moments, but its "
       "state has none; use moment_policy='keep' or 'reset'."
     )
-
-
-def _rotate_moments(base_state, treedef, plans, old_factors, new_factors):
-  """Transports ``mu`` by ``U_new^H U_old`` per mode, ``nu`` by ``|U_new^H U_old|^2``.
-
-  The second moment's rule is exact when the core's entries are uncorrelated
-  (a diagonal covariance), and keeps ``nu`` non-negative.
-  """
-
-  def transport(name, tree):
-    leaves = treedef.flatten_up_to(tree)
-    out = []
-    for p, x, old, new in zip(plans, leaves, old_factors, new_factors):
-      if p is not None:
-        dtype = _promote(x, old)
-        x32 = x.astype(dtype)
-        for n in p.projected_modes:
-          change = new[n].conj().T @ old[n]
-          if name == "nu":
-            change = jnp.abs(change) ** 2
-          x32 = _tucker.mode_dot(x32, change.T.astype(dtype), n)
-        x = x32.astype(x.dtype)
-      out.append(x)
-    return treedef.unflatten(out)
-
-  return _map_moments(base_state, transport)
 
 
 def tensor_galore_adamw(
@@ -471,14 +471,14 @@ def tensor_galore_adamw(
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
-  mu_dtype: str | None = None,
+  mu_dtype: jax.typing.DTypeLike | None = None,
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
   scale: jax.typing.ArrayLike = 1.0,
   spec: SpecLike = None,
-  refresh_method: str = "sthosvd",
-  moment_policy: str = "keep",
-  factor_dtype: str | None = None,
+  refresh_method: RefreshMethod = "sthosvd",
+  moment_policy: MomentPolicy = "keep",
+  factor_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,8 @@ import jax.numpy as jnp
 Rank = int | float | Sequence[int | float | None]
 
 
-class TuckerSpec(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class TuckerSpec:
   """How one parameter is seen as a tensor, and which of its modes are projected.
 
   Matrix GaLore is a spec: group the axes into two modes and project one of
@@ -32,20 +32,66 @@ class TuckerSpec(NamedTuple):
   ``(in, out, mx, my)`` weight as an ``(in, out * mx * my)`` matrix and
   projects its larger side, as GaLore does.
 
+  Stacked layers (a scanned model's ``(L, in, out, mx, my)`` weight) name
+  their layer axis in ``batch_axes``: each layer then gets its own factors
+  and its own core, exactly as ``L`` separate leaves would.
+
   Attributes:
     modes: Groups of axes, one group (an int or a sequence of ints) per mode,
-      together naming every axis exactly once; negative axes count from the
-      end. ``None`` makes every axis a mode of its own.
+      together naming every axis that is not a batch axis exactly once;
+      negative axes count from the end. ``None`` makes every such axis a mode
+      of its own.
     rank: The rank for this leaf, in any form the transformation's ``rank``
       takes; ``None`` uses the transformation's ``rank``.
     num_projected: Project only this many modes, the largest ones (the earlier
       mode first among equal sizes). ``None`` projects every mode that the rank
       selects.
+    batch_axes: Axes that index independent tensors (stacked layers): the
+      projection is computed separately for every index along them.
+
+  Raises:
+    TypeError, ValueError: at construction, for a field of the wrong form
+      (the message names the field).
   """
 
   modes: Sequence[int | Sequence[int]] | None = None
   rank: Rank | None = None
   num_projected: int | None = None
+  batch_axes: Sequence[int] = ()
+
+  def __post_init__(self):
+    if self.modes is not None:
+      if isinstance(self.modes, (str, bytes)) or not isinstance(self.modes, Sequence):
+        raise TypeError(
+          f"TuckerSpec.modes must be None or a sequence of axis groups, got {self.modes!r}."
+        )
+      groups = tuple(_axis_group(g, "TuckerSpec.modes") for g in self.modes)
+      object.__setattr__(self, "modes", groups)
+    if self.rank is not None:
+      validate_rank(self.rank, "TuckerSpec.rank")
+      if not isinstance(self.rank, (int, float)):
+        object.__setattr__(self, "rank", tuple(self.rank))
+    if self.num_projected is not None:
+      _check_int(self.num_projected, "num_projected", "TuckerSpec")
+    if isinstance(self.batch_axes, int):
+      object.__setattr__(self, "batch_axes", (self.batch_axes,))
+    object.__setattr__(
+      self, "batch_axes", _axis_group(self.batch_axes, "TuckerSpec.batch_axes", empty_ok=True)
+    )
+
+
+def _axis_group(group, field: str, empty_ok: bool = False) -> int | tuple[int, ...]:
+  """Checks one group of axes: an int, or a sequence of ints."""
+  if isinstance(group, int) and not isinstance(group, bool):
+    return group
+  if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):
+    raise TypeError(f"{field}: an axis group is an int or a sequence of ints, got {group!r}.")
+  for a in group:
+    if isinstance(a, bool) or not isinstance(a, int):
+      raise TypeError(f"{field}: axes are ints, got {a!r} in {tuple(group)!r}.")
+  if not group and not empty_ok:
+    raise ValueError(f"{field}: empty group of axes.")
+  return tuple(group)
 
 
 def unfold(tensor: jax.Array, mode: int) -> jax.Array:
@@ -63,56 +109,75 @@ def mode_dot(tensor: jax.Array, matrix: jax.Array, mode: int) -> jax.Array:
   return jnp.moveaxis(jnp.tensordot(tensor, matrix, axes=(mode, 0)), -1, mode)
 
 
-def project(tensor: jax.Array, factors: dict[int, jax.Array]) -> jax.Array:
-  """The core ``tensor x_n U_n^H`` over the projected modes (conjugate transposes)."""
+def project(tensor: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int]) -> jax.Array:
+  """The core ``tensor x_n U_n^H`` over ``modes`` (conjugate transposes).
+
+  ``factors[k]`` is the ``(I_n, R_n)`` factor of mode ``n = modes[k]``.
+  """
   # Contract the most compressing modes first: each product then runs on the
   # smallest tensor available.
-  order = sorted(factors, key=lambda n: factors[n].shape[1] / factors[n].shape[0])
-  for n in order:
-    tensor = mode_dot(tensor, factors[n].conj(), n)
+  for k in sorted(range(len(modes)), key=lambda k: factors[k].shape[1] / factors[k].shape[0]):
+    tensor = mode_dot(tensor, factors[k].conj(), modes[k])
   return tensor
 
 
-def back_project(core: jax.Array, factors: dict[int, jax.Array]) -> jax.Array:
-  """The full-size tensor ``core x_n U_n`` over the projected modes."""
+def back_project(core: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int]) -> jax.Array:
+  """The full-size tensor ``core x_n U_n`` over ``modes``."""
   # Expand the least expanding modes first, for the same reason as `project`.
-  order = sorted(factors, key=lambda n: factors[n].shape[0] / factors[n].shape[1])
-  for n in order:
-    core = mode_dot(core, factors[n].T, n)
+  for k in sorted(range(len(modes)), key=lambda k: factors[k].shape[0] / factors[k].shape[1]):
+    core = mode_dot(core, factors[k].T, modes[k])
   return core
+
+
+def batched(fn: Callable, batch_ndim: int) -> Callable:
+  """``fn`` mapped over ``batch_ndim`` leading axes of every argument and output."""
+  for _ in range(batch_ndim):
+    fn = jax.vmap(fn)
+  return fn
 
 
 @dataclasses.dataclass(frozen=True)
 class TuckerPlan:
   """A leaf's resolved view: static shapes only, computed once per trace.
 
+  The leaf is seen as a tensor of shape ``batch_shape + mode_sizes``: its batch
+  axes first, then one axis per mode. Every array of the projection (tensor,
+  factors, core) carries the batch axes in front.
+
   Attributes:
     shape: The leaf's shape.
-    permutation: Axis order that makes each mode's axes adjacent.
+    permutation: Axis order that puts the batch axes first and makes each
+      mode's axes adjacent.
+    batch_shape: Sizes of the batch axes (``()`` for an ordinary leaf).
     mode_sizes: ``I_n`` for every mode.
     ranks: ``R_n`` for every mode, ``None`` where the mode is not projected.
   """
 
   shape: tuple[int, ...]
   permutation: tuple[int, ...]
+  batch_shape: tuple[int, ...]
   mode_sizes: tuple[int, ...]
   ranks: tuple[int | None, ...]
 
   @property
   def projected_modes(self) -> tuple[int, ...]:
+    """The projected modes, in order; ``factors[k]`` belongs to the ``k``-th."""
     return tuple(n for n, r in enumerate(self.ranks) if r is not None)
 
   @property
   def core_shape(self) -> tuple[int, ...]:
-    return tuple(i if r is None else r for i, r in zip(self.mode_sizes, self.ranks))
+    modes = tuple(i if r is None else r for i, r in zip(self.mode_sizes, self.ranks))
+    return self.batch_shape + modes
 
   @property
-  def factor_shapes(self) -> tuple[tuple[int, int], ...]:
-    return tuple((self.mode_sizes[n], self.ranks[n]) for n in self.projected_modes)
+  def factor_shapes(self) -> tuple[tuple[int, ...], ...]:
+    return tuple(
+      self.batch_shape + (self.mode_sizes[n], self.ranks[n]) for n in self.projected_modes
+    )
 
   def to_tensor(self, leaf: jax.Array) -> jax.Array:
-    """The leaf as a tensor with one axis per mode."""
-    return jnp.transpose(leaf, self.permutation).reshape(self.mode_sizes)
+    """The leaf as a tensor with the batch axes first, then one axis per mode."""
+    return jnp.transpose(leaf, self.permutation).reshape(self.batch_shape + self.mode_sizes)
 
   def from_tensor(self, tensor: jax.Array) -> jax.Array:
     """Inverse of `to_tensor`."""
@@ -120,29 +185,47 @@ class TuckerPlan:
     inverse = tuple(sorted(range(len(self.shape)), key=self.permutation.__getitem__))
     return jnp.transpose(tensor.reshape(permuted_shape), inverse)
 
+  def project(self, tensor: jax.Array, factors: Sequence[jax.Array]) -> jax.Array:
+    """The core of a tensor (as `to_tensor` returns it)."""
+    fn = lambda t, fs: project(t, fs, self.projected_modes)
+    return batched(fn, len(self.batch_shape))(tensor, tuple(factors))
 
-def _normalize_modes(
-  modes: Sequence[int | Sequence[int]] | None, ndim: int, where: str
-) -> tuple[tuple[int, ...], ...]:
-  """Checks that ``modes`` partitions the axes; returns non-negative groups."""
+  def back_project(self, core: jax.Array, factors: Sequence[jax.Array]) -> jax.Array:
+    """The full-size tensor of a core."""
+    fn = lambda c, fs: back_project(c, fs, self.projected_modes)
+    return batched(fn, len(self.batch_shape))(core, tuple(factors))
+
+
+def _normalize_axes(
+  modes: Sequence[int | Sequence[int]] | None,
+  batch_axes: Sequence[int],
+  ndim: int,
+  where: str,
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+  """Checks that batch axes and ``modes`` partition the axes; non-negative axes."""
+
+  def axis(a) -> int:
+    if not -ndim <= a < ndim:
+      raise ValueError(f"{where}: axis {a!r} is out of range for ndim {ndim}.")
+    return a % ndim
+
+  batch = tuple(axis(a) for a in batch_axes)
+  rest = [a for a in range(ndim) if a not in batch]
   if modes is None:
-    return tuple((a,) for a in range(ndim))
-  groups = []
-  for group in modes:
-    axes = (group,) if isinstance(group, int) else tuple(group)
-    if not axes:
-      raise ValueError(f"{where}: empty group of axes in modes={modes!r}.")
-    for a in axes:
-      if not isinstance(a, int) or not -ndim <= a < ndim:
-        raise ValueError(f"{where}: axis {a!r} in modes={modes!r} is out of range for ndim {ndim}.")
-    groups.append(tuple(a % ndim for a in axes))
-  flat = [a for g in groups for a in g]
+    groups = tuple((a,) for a in rest)
+  else:
+    groups = tuple(tuple(axis(a) for a in ((g,) if isinstance(g, int) else g)) for g in modes)
+  flat = list(batch) + [a for g in groups for a in g]
   if len(flat) != len(set(flat)):
-    raise ValueError(f"{where}: modes={modes!r} name an axis more than once.")
+    raise ValueError(
+      f"{where}: modes={modes!r} and batch_axes={tuple(batch_axes)!r} name an axis more than once."
+    )
   if sorted(flat) != list(range(ndim)):
     missing = sorted(set(range(ndim)) - set(flat))
     raise ValueError(f"{where}: modes={modes!r} leave axes {missing} out; every axis needs a mode.")
-  return tuple(groups)
+  if not groups:
+    raise ValueError(f"{where}: batch_axes={tuple(batch_axes)!r} leave no axis to project.")
+  return batch, groups
 
 
 def _check_int(value, name: str, where: str) -> None:
@@ -228,13 +311,14 @@ def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where:
   shape = tuple(int(s) for s in shape)
   if not shape:
     raise ValueError(f"{where}: a scalar leaf has no modes to project.")
-  groups = _normalize_modes(spec.modes, len(shape), where)
+  batch, groups = _normalize_axes(spec.modes, spec.batch_axes, len(shape), where)
   mode_sizes = tuple(math.prod(shape[a] for a in g) for g in groups)
   rank = default_rank if spec.rank is None else spec.rank
   ranks = resolve_ranks(rank, mode_sizes, spec.num_projected, where)
   return TuckerPlan(
     shape=shape,
-    permutation=tuple(a for g in groups for a in g),
+    permutation=batch + tuple(a for g in groups for a in g),
+    batch_shape=tuple(shape[a] for a in batch),
     mode_sizes=mode_sizes,
     ranks=ranks,
   )

@@ -49,16 +49,15 @@ def test_projection_and_back_projection_are_adjoint():
   key = jax.random.key(0)
   shape, ranks = (6, 5, 4), (3, 2, 4)
   keys = jax.random.split(key, 5)
-  factors = {
-    n: jnp.linalg.qr(jax.random.normal(keys[n], (i, r)) + 1j * jax.random.normal(keys[3], (i, r)))[
-      0
-    ]
+  factors = tuple(
+    jnp.linalg.qr(jax.random.normal(keys[n], (i, r)) + 1j * jax.random.normal(keys[3], (i, r)))[0]
     for n, (i, r) in enumerate(zip(shape, ranks))
-  }
+  )
+  modes = (0, 1, 2)
   g = jax.random.normal(keys[4], shape) + 0j
   c = jax.random.normal(keys[3], ranks) + 1j * jax.random.normal(keys[2], ranks)
-  lhs = jnp.vdot(c, _tucker.project(g, factors))
-  rhs = jnp.vdot(_tucker.back_project(c, factors), g)
+  lhs = jnp.vdot(c, _tucker.project(g, factors, modes))
+  rhs = jnp.vdot(_tucker.back_project(c, factors, modes), g)
   np.testing.assert_allclose(lhs, rhs, rtol=1e-5)
 
 
@@ -73,7 +72,7 @@ def test_mode_dot_matches_unfolding_product():
 
 @pytest.mark.parametrize(
   "modes, match",
-  [((0, (1, 5)), "out of range"), ((0, ()), "empty group"), ((0, 0, 1), "more than once")],
+  [((0, (1, 5)), "out of range"), ((0, 0, 1), "more than once"), ((0, 1), "leave axes \\[2\\]")],
 )
 def test_bad_modes_name_the_leaf(modes, match):
   with pytest.raises(ValueError, match=f"leaf x.*{match}"):
@@ -83,3 +82,51 @@ def test_bad_modes_name_the_leaf(modes, match):
 def test_scalar_leaf_is_refused():
   with pytest.raises(ValueError, match="scalar"):
     _tucker.make_plan((), TuckerSpec(), 0.5, "leaf s")
+
+
+@pytest.mark.parametrize(
+  "kwargs, error, match",
+  [
+    (dict(modes=0), TypeError, "TuckerSpec.modes"),
+    (dict(modes=(False, True, 2)), TypeError, "TuckerSpec.modes"),
+    (dict(modes=(0, ())), ValueError, "TuckerSpec.modes: empty group"),
+    (dict(modes=(0, "12")), TypeError, "TuckerSpec.modes"),
+    (dict(rank=-3), ValueError, "TuckerSpec.rank"),
+    (dict(rank="full"), TypeError, "TuckerSpec.rank"),
+    (dict(num_projected=0), ValueError, "num_projected"),
+    (dict(num_projected=1.5), TypeError, "num_projected"),
+    (dict(batch_axes=(0.5,)), TypeError, "TuckerSpec.batch_axes"),
+  ],
+)
+def test_spec_is_validated_at_construction_and_names_the_field(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    TuckerSpec(**kwargs)
+
+
+def test_spec_normalises_sequences_and_is_hashable():
+  spec = TuckerSpec(modes=[0, [1, 2]], rank=[2, None], batch_axes=3)
+  assert spec == TuckerSpec(modes=(0, (1, 2)), rank=(2, None), batch_axes=(3,))
+  assert hash(spec) == hash(TuckerSpec(modes=(0, (1, 2)), rank=(2, None), batch_axes=(3,)))
+
+
+def test_batch_axes_come_first_and_every_batch_entry_is_projected_alone():
+  key = jax.random.key(2)
+  x = jax.random.normal(key, (4, 3, 5, 6))  # axis 1 stacks three tensors
+  plan = _tucker.make_plan(x.shape, TuckerSpec(batch_axes=(1,)), (2, 3, 4), "t")
+  assert plan.batch_shape == (3,) and plan.mode_sizes == (4, 5, 6)
+  assert plan.factor_shapes == ((3, 4, 2), (3, 5, 3), (3, 6, 4)) and plan.core_shape == (3, 2, 3, 4)
+  t = plan.to_tensor(x)
+  np.testing.assert_array_equal(plan.from_tensor(t), x)
+  factors = tuple(
+    jnp.linalg.qr(jax.random.normal(jax.random.fold_in(key, n), s))[0]
+    for n, s in enumerate(plan.factor_shapes)
+  )
+  core = plan.project(t, factors)
+  for b in range(3):
+    alone = _tucker.project(x[:, b], tuple(f[b] for f in factors), (0, 1, 2))
+    chex.assert_trees_all_close(core[b], alone, atol=1e-5)
+  chex.assert_trees_all_close(
+    plan.back_project(core, factors)[1],
+    _tucker.back_project(core[1], tuple(f[1] for f in factors), (0, 1, 2)),
+    atol=1e-5,
+  )

@@ -1,0 +1,82 @@
+"""The base optimizer's per-leaf moments, found by their structure.
+
+A base optimizer's state holds, somewhere, trees with the structure of what it
+optimises (Adam's ``mu`` and ``nu``, amsgrad's ``nu_max``, momentum's
+``trace``, the inner states of ``optax.partition`` ...). For `tensor_galore`
+those trees are core-shaped; they are what a refresh may rotate and what a
+state initialised for other parameters would get wrong. They are found by
+structure, not by name, so states nested in dicts or chains are found too;
+only the name decides the order of a moment (first or second).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _key_name(key) -> str:
+  for attribute in ("name", "key", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _matcher(cores_like) -> Callable[[Any], bool]:
+  """Whether a subtree is a per-leaf moment of the tree ``cores_like``."""
+  treedef = jax.tree.structure(cores_like, is_leaf=_is_masked)
+  cores = jax.tree.leaves(cores_like, is_leaf=_is_masked)
+
+  def is_moment(x) -> bool:
+    if jax.tree.structure(x, is_leaf=_is_masked) != treedef:
+      return False
+    return all(
+      _is_masked(m)
+      or (hasattr(m, "dtype") and jnp.issubdtype(m.dtype, jnp.inexact) and m.ndim == c.ndim)
+      for m, c in zip(jax.tree.leaves(x, is_leaf=_is_masked), cores)
+    )
+
+  return is_moment
+
+
+def map_moments(fn: Callable[[str, Any], Any], state, cores_like):
+  """``state`` with each per-leaf moment ``m`` (field ``name``) replaced by ``fn(name, m)``."""
+  is_moment = _matcher(cores_like)
+
+  def visit(path, x):
+    return fn(_key_name(path[-1]) if path else "", x) if is_moment(x) else x
+
+  return jax.tree_util.tree_map_with_path(visit, state, is_leaf=is_moment)
+
+
+def find_moments(state, cores_like) -> list[tuple[str, Any]]:
+  """Every per-leaf moment of ``state``, as ``(field name, tree)``."""
+  found = []
+  map_moments(lambda name, m: found.append((name, m)) or m, state, cores_like)
+  return found
+
+
+def is_second_order(name: str) -> bool:
+  """Second moments (``nu``, ``nu_max``) by optax's naming; the rest are first order."""
+  return name.startswith("nu")
+
+
+def check_shapes(state, cores_like) -> None:
+  """Raises, naming the leaf, if a moment's shape is not its core's."""
+  cores = jax.tree_util.tree_flatten_with_path(cores_like, is_leaf=_is_masked)[0]
+  for name, moments in find_moments(state, cores_like):
+    for (path, core), moment in zip(cores, jax.tree.leaves(moments, is_leaf=_is_masked)):
+      if not _is_masked(moment) and not _is_masked(core) and moment.shape != core.shape:
+        raise ValueError(
+          f"leaf {jax.tree_util.keystr(path)}: the base optimizer sees an array of shape "
+          f"{tuple(core.shape)} but the state's `{name}` holds {tuple(moment.shape)}; was the "
+          "state initialised for other params?"
+        )
