@@ -79,10 +79,11 @@ def spectral_gradients(config_name: str, adam_steps: int = 5, seed: int = 0):
 def energy(tensor, factors) -> float:
   """The fraction ``||G x_n U_n^H||^2 / ||G||^2`` of the energy the core keeps.
 
-  The core is computed here, mode by mode, independently of the library's projection.
+  ``factors[n]`` is mode ``n``'s. The core is computed here, mode by mode,
+  independently of the library's projection.
   """
   core = tensor
-  for mode, factor in factors.items():
+  for mode, factor in enumerate(factors):
     core = jnp.moveaxis(jnp.tensordot(core, factor.conj(), axes=(mode, 0)), -1, mode)
   return float(jnp.linalg.norm(core) ** 2 / jnp.linalg.norm(tensor) ** 2)
 
@@ -90,24 +91,24 @@ def energy(tensor, factors) -> float:
 def run(config_name: str, repeats: int) -> dict:
   """Times and energies of every refresh method, and of the whole update, on one config."""
   g0, g1 = spectral_gradients(config_name)
-  # The state of a fresh transformation holds identity-like factors of the
-  # shapes the rank gives: every mode of a spectral weight is projected.
-  eye = dict(enumerate(tensor_galore(RANK).init({"w": g0}).factors["w"]))
-  assert len(eye) == g0.ndim, [f.shape for f in eye.values()]
-  refresh = jax.jit(_refresh.refresh_factors, static_argnames="method")
-  svd_first = refresh(g0, eye, method="svd", is_first=True)
-  svd_later = refresh(g1, svd_first, method="svd", is_first=False)
-  svd_time = common.timed(
-    lambda t, f: refresh(t, f, method="svd", is_first=False), g1, svd_first, repeats=repeats
+  # The state of a fresh transformation holds the initial (identity-like)
+  # factors of the shapes the rank gives: every mode of a spectral weight is
+  # projected. A refresh from them is a first refresh, from scratch; from
+  # earlier factors, a warm one.
+  eye = tuple(tensor_galore(RANK).init({"w": g0}).factors["w"])
+  assert len(eye) == g0.ndim, [f.shape for f in eye]
+  modes = tuple(range(g0.ndim))
+  refresh = jax.jit(
+    lambda t, f, method: _refresh.refresh_factors(t, f, modes, method), static_argnames="method"
   )
+  svd_first = refresh(g0, eye, method="svd")
+  svd_later = refresh(g1, svd_first, method="svd")
+  svd_time = common.timed(lambda t, f: refresh(t, f, method="svd"), g1, svd_first, repeats=repeats)
   rows = []
   for method in REFRESH_METHODS:
-    first = refresh(g0, eye, method=method, is_first=True)
-    warm_from = refresh(g0, eye, method=method, is_first=True)
-    later = refresh(g1, warm_from, method=method, is_first=False)
-    t = common.timed(
-      lambda g, f, m=method: refresh(g, f, method=m, is_first=False), g1, warm_from, repeats=repeats
-    )
+    first = refresh(g0, eye, method=method)
+    later = refresh(g1, first, method=method)
+    t = common.timed(lambda g, f, m=method: refresh(g, f, method=m), g1, first, repeats=repeats)
     rows.append(
       {
         "method": method,
@@ -147,7 +148,7 @@ def run(config_name: str, repeats: int) -> dict:
     "shape": list(g0.shape),
     "dtype": str(g0.dtype),
     "rank": RANK,
-    "ranks": [f.shape[1] for f in eye.values()],
+    "ranks": [f.shape[1] for f in eye],
     "svd_hosvd_seconds": svd_time,
     "adam_full_step_seconds": adam_time,
     "methods": rows,
