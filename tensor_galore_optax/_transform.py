@@ -290,7 +290,8 @@ def tensor_galore(
   the size of the core \(C\), not of \(G\). Every ``update_proj_gap``
   steps, counting from step 0, the factors are recomputed from the current
   gradient (HOSVD: the leading left singular vectors of each mode-``n``
-  unfolding) inside the jitted update with `jax.lax.cond`. Projections use
+  unfolding) inside the jitted update, with one `jax.lax.cond` per leaf, so a
+  leaf's refresh and update depend on its own gradient only. Projections use
   conjugate transposes, so complex weights (FNO spectral kernels) are handled
   exactly. Leaves that are not projected go through ``base_optimizer`` at
   full size.
@@ -320,7 +321,8 @@ def tensor_galore(
       int, a float fraction of that mode, or ``None`` = not projected).
     update_proj_gap: The factors are recomputed at every multiple of this
       many steps, starting at step 0, and at no other step.
-    scale: Multiplies the back-projected update.
+    scale: Multiplies the back-projected update of projected leaves (the
+      others are left as the base optimizer returns them, as in GaLore).
     base_optimizer: The transformation run on the cores; it must not need
       ``params``. Defaults to ``optax.scale_by_adam()``.
     min_size: With the default ``spec``, leaves with at least 2 dimensions and
@@ -331,19 +333,25 @@ def tensor_galore(
       every eligible leaf (``ndim >= 2``, ``size >= min_size``), a pytree of
       specs matching the params (``None`` = not projected; explicit specs
       apply whatever the leaf's size), or a callable of the params returning
-      such a pytree.
+      such a pytree. Stacked layers name their layer axis with
+      ``TuckerSpec(batch_axes=...)``. Leaves with no entries are never
+      projected.
     refresh_method: How factors are recomputed: ``"svd"`` (exact HOSVD, the
-      reference), ``"eigh"`` (Gram-matrix eigendecomposition), ``"sthosvd"``
-      (sequentially truncated HOSVD, the default) or ``"subspace"`` (one
-      warm-started subspace iteration from the previous factors).
-    moment_policy: What happens to the base optimizer's moments (its ``mu``
-      and ``nu`` fields) when the factors change: ``"keep"`` them as they are
+      reference), ``"eigh"`` (Gram-matrix eigendecomposition: the fastest,
+      but blind to directions below about 3e-4 of the leading one),
+      ``"sthosvd"`` (sequentially truncated HOSVD through QR, as accurate as
+      ``"svd"``; the default) or ``"subspace"`` (one warm-started subspace
+      iteration from the previous factors).
+    moment_policy: What happens to the base optimizer's per-leaf moments
+      (every core-shaped tree in its state: ``mu``, ``nu``, ``nu_max``,
+      ``trace``, ...) when the factors change: ``"keep"`` them as they are
       (GaLore), ``"reset"`` the base optimizer's whole state, or ``"rotate"``
-      them into the new basis (``mu`` by ``U_new^H U_old`` per mode, ``nu`` by
-      its entrywise squared magnitude).
-    factor_dtype: Real precision of the factors and decompositions:
-      ``"float32"`` or ``"float64"``. ``None`` uses float32, or float64 for
-      float64 leaves. Complex leaves get complex factors of that precision.
+      them into the new basis (first moments by ``U_new^H U_old`` per mode,
+      fields named ``nu*`` by its entrywise squared magnitude).
+    factor_dtype: Real precision of the factors and decompositions, a dtype
+      or its name: float32 or float64 (which needs ``jax_enable_x64``).
+      ``None`` uses float32, or float64 for float64 leaves. Complex leaves get
+      complex factors of that precision.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -507,15 +515,15 @@ def tensor_galore_adamw(
     b2: Adam's decay rate of the second moment.
     eps: Added to the denominator, outside the square root.
     eps_root: Added to the denominator, inside the square root.
-    mu_dtype: dtype of the first moment, as a string (e.g. ``"bfloat16"``);
-      ``None`` keeps the cores' dtype.
+    mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16``); ``None``
+      keeps the cores' dtype.
     weight_decay: Strength of the decoupled weight decay.
     mask: Which leaves get weight decay, as in ``optax.adamw``.
-    scale: Multiplies the back-projected update.
+    scale: Multiplies the back-projected update of projected leaves.
     spec: Which leaves are projected and how; see `tensor_galore`.
     refresh_method: How factors are recomputed; see `tensor_galore`.
     moment_policy: ``"keep"``, ``"reset"`` or ``"rotate"``; see `tensor_galore`.
-    factor_dtype: ``None``, ``"float32"`` or ``"float64"``.
+    factor_dtype: ``None``, float32 or float64; see `tensor_galore`.
     nesterov: Whether to use Nesterov momentum in Adam.
 
   Returns:

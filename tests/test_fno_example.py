@@ -331,3 +331,26 @@ def test_compare_writes_one_table_and_figure(tiny_npz, tmp_path):
   )
   assert "| tensor_galore |" in (out / "compare.md").read_text()
   assert (out / "compare.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_writes_a_table_per_task_and_optimizer(tmp_path):
+  from benchmarks import accuracy
+
+  out = tmp_path / "accuracy.json"
+  argv = [
+    "--tasks", "ns64", "--optimizers", "adamw,tensor_galore_factored", "--seeds", "0",
+    "--epochs", "1", "--out", str(out),
+    "--set", "n_train=8,n_test=4,resolution=16,batch_size=4,eval_batch_size=4,modes=4",
+  ]  # fmt: skip
+  assert accuracy.main(argv) == 0
+  results = json.loads(out.read_text())
+  assert [(r["optimizer"], r["seed"]) for r in results["runs"]] == [
+    ("adamw", 0), ("tensor_galore_factored", 0)
+  ]  # fmt: skip
+  adamw, factored = results["summary"]
+  assert adamw["ratio"] == 1.0 and adamw["state_ratio"] == 1.0
+  assert factored["errors"] == [results["runs"][1]["test_rel_l2"]]
+  assert factored["state_ratio"] < 1.0
+  assert "| ns64 | tensor_galore_factored |" in out.with_suffix(".md").read_text()
+  assert out.with_name("accuracy_ns64.png").stat().st_size > 0

@@ -12,6 +12,10 @@ other leaf keeps full-size Adam moments.
   moments ``b x r``: ``r (a + 2 b)`` is smallest with ``a >= b``). It is a
   `TuckerSpec` of `tensor_galore`, so it handles complex weights correctly.
 * ``tensor_galore``: every mode of each spectral weight projected (Tucker).
+* ``tensor_galore_factored``: Tensor-GaLore with Adam's normalisation kept in
+  the weights' own coordinates: each gradient is first divided by the root of
+  a per-mode factored mean square (`scale_by_factored_rms`), then projected,
+  and only the first moment (an exponential average) lives on the core.
 
 `OPTIMIZERS` maps each name to a `Variant`; a new variant is one more entry,
 and the command line's ``--optimizer`` offers it.
@@ -26,7 +30,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensor_galore_optax import TuckerSpec, optimizer_state_bytes, tensor_galore_adamw
+from tensor_galore_optax import (
+  TuckerSpec,
+  optimizer_state_bytes,
+  scale_by_factored_rms,
+  tensor_galore,
+  tensor_galore_adamw,
+)
 
 TUCKER = TuckerSpec()
 MATRIX = TuckerSpec(modes=(0, (1, 2, 3)), num_projected=1)
@@ -71,6 +81,25 @@ def projected(spec: TuckerSpec, **fixed) -> Factory:
   return make
 
 
+def factored(spec: TuckerSpec) -> Factory:
+  """A factory of the factored-normalisation variant projecting the spectral weights by ``spec``.
+
+  ``optax.chain(scale_by_factored_rms(), tensor_galore(base_optimizer=
+  optax.ema(0.9)), add_decayed_weights, scale_by_learning_rate)``: the same
+  decay rates and weight decay as the other variants.
+  """
+
+  def make(learning_rate, rank, *, weight_decay, **settings):
+    return optax.chain(
+      scale_by_factored_rms(b2=0.999),
+      tensor_galore(rank, base_optimizer=optax.ema(0.9), spec=spectral_spec(spec), **settings),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+    )
+
+  return make
+
+
 class Variant(NamedTuple):
   """A named optimizer of the example.
 
@@ -91,6 +120,7 @@ OPTIMIZERS: dict[str, Variant] = {
   "adamw": Variant(adamw, default_rank=None),
   "galore": Variant(projected(MATRIX), default_rank="matched"),
   "tensor_galore": Variant(projected(TUCKER)),
+  "tensor_galore_factored": Variant(factored(TUCKER)),
 }
 
 
