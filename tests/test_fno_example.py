@@ -349,7 +349,7 @@ def test_accuracy_benchmark_writes_a_table_per_task_and_optimizer(tmp_path):
     ("adamw", 0), ("tensor_galore_factored", 0)
   ]  # fmt: skip
   adamw, factored = results["summary"]
-  assert adamw["ratio"] == 1.0 and adamw["state_ratio"] == 1.0
+  assert adamw["ratio"] == 1.0 and adamw["state_ratio"] == pytest.approx(1.0, abs=1e-4)
   assert factored["errors"] == [results["runs"][1]["test_rel_l2"]]
   assert factored["state_ratio"] < 1.0
   assert "| ns64 | tensor_galore_factored |" in out.with_suffix(".md").read_text()
