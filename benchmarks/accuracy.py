@@ -24,7 +24,7 @@ import statistics
 import sys
 
 from benchmarks import common
-from examples.fno import configs, optimizers, plots, train
+from examples.fno import configs, optimizers, plots
 from examples.fno.tables import markdown_table
 
 TASKS = {
@@ -152,15 +152,9 @@ def main(argv=None) -> int:
     for name in names
     for seed in args.seeds.split(",")
   ]
-  try:
-    for config in plan:
-      train.check_config(config)
-  except configs.ConfigError as e:
-    parser.error(str(e))
   runs = []
   task_of = [t for t in tasks for _ in names for _ in args.seeds.split(",")]
-  for task, config in zip(task_of, plan):
-    metrics = train.train_and_evaluate(config)
+  for task, (config, metrics) in zip(task_of, common.train_all(parser, plan)):
     runs.append(
       {
         "task": task,

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from examples.fno import configs, model, optimizers
+from examples.fno import configs, model, optimizers, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,3 +118,17 @@ def report(results: dict, table: str, out: pathlib.Path | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), **results}, indent=2))
     out.with_suffix(".md").write_text(table + "\n")
+
+
+def train_all(parser, plan: list) -> list[tuple]:
+  """Checks every run of ``plan`` (a usage error if one is wrong), then trains them in order.
+
+  Returns:
+    ``(config, metrics)`` per run.
+  """
+  try:
+    for config in plan:
+      train.check_config(config)
+  except configs.ConfigError as e:
+    parser.error(str(e))
+  return [(config, train.train_and_evaluate(config)) for config in plan]

@@ -18,7 +18,7 @@ import statistics
 import sys
 
 from benchmarks import common
-from examples.fno import configs, train
+from examples.fno import configs
 from examples.fno.tables import markdown_table
 from tensor_galore_optax import MOMENT_POLICIES
 
@@ -62,14 +62,8 @@ def main(argv=None) -> int:
     for policy in policies
     for seed in seeds
   ]
-  try:
-    for config in plan:
-      train.check_config(config)
-  except configs.ConfigError as e:
-    parser.error(str(e))
   runs = []
-  for config in plan:
-    metrics = train.train_and_evaluate(config)
+  for config, metrics in common.train_all(parser, plan):
     runs.append(
       {
         "policy": config.moment_policy,

@@ -66,6 +66,14 @@ def _path(path) -> str:
   return f"leaf {jax.tree_util.keystr(path)}"
 
 
+def _per_leaf(treedef, tree, mismatch: str) -> list:
+  """``tree``'s subtrees at the leaves of ``treedef``; ``mismatch`` leads the error."""
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{mismatch}: {e}") from e
+
+
 # --- Static arguments and plans (plain Python, once per trace) -------------------------------
 
 
@@ -135,16 +143,12 @@ def _plans(tree: optax.Params, spec: SpecLike, rank: Rank, min_size: int):
   leaves = [leaf for _, leaf in paths_and_leaves]
   if spec is None or isinstance(spec, TuckerSpec):
     eligible = lambda leaf: leaf.ndim >= 2 and leaf.size >= min_size
-    chosen = spec or None
-    specs = [(chosen or _default_spec(leaf, rank)) if eligible(leaf) else None for leaf in leaves]
+    specs = [(spec or _default_spec(leaf, rank)) if eligible(leaf) else None for leaf in leaves]
   else:
     spec_tree = spec(tree) if callable(spec) else spec
-    try:
-      specs = treedef.flatten_up_to(spec_tree)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-        f"spec does not match the params tree (a TuckerSpec or None per leaf): {e}"
-      ) from e
+    specs = _per_leaf(
+      treedef, spec_tree, "spec does not match the params tree (a TuckerSpec or None per leaf)"
+    )
     for (path, _), s in zip(paths_and_leaves, specs):
       if not (s is None or isinstance(s, TuckerSpec)):
         raise TypeError(f"spec for {_path(path)} is {s!r}; expected a TuckerSpec or None.")
@@ -421,12 +425,9 @@ def tensor_galore(
 def _held_factors_tree(plans, updates, factors):
   """`_held_factors` for every leaf, with the leaf's path for messages."""
   paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-  try:
-    per_leaf = treedef.flatten_up_to(factors)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-      f"updates do not match the tree tensor_galore was initialised with: {e}"
-    ) from e
+  per_leaf = _per_leaf(
+    treedef, factors, "updates do not match the tree tensor_galore was initialised with"
+  )
   return treedef.unflatten(
     _held_factors(path, plan, grad, held)
     for (path, grad), plan, held in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
