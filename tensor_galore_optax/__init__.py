@@ -13,7 +13,7 @@ from tensor_galore_optax._transform import (
 )
 from tensor_galore_optax._tucker import TuckerSpec
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
   "MOMENT_POLICIES",
