@@ -457,26 +457,17 @@ def _prod(dims: str) -> int:
   return int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("shard_projected", [True, False])
-def test_collectives_and_small_eigendecompositions(devices, shard_projected):
-  """What a sharded step communicates, with both settings of ``shard_projected_axes``.
-
-  Cond branches (the refresh) are separate HLO computations; the projection, Adam and the
-  back-projection of every step are in ``ENTRY``. The eigh calls must see Gram matrices no
-  larger than ``I_n x I_n``; with the projected dimensions replicated, no step gathers the
-  whole gradient.
-  """
+def _compiled_update(devices, shard_projected, **kwargs):
+  """Compiled HLO text of one jitted update of a complex (64, 32, 16, 9) weight, FSDP-sharded."""
   mesh = Mesh(np.array(devices), ("fsdp",))
   shapes = {"w": jax.ShapeDtypeStruct((64, 32, 16, 9), jnp.complex64)}
   shardings = {"w": NamedSharding(mesh, P("fsdp"))}
-  tx = tensor_galore_adamw(1e-3, spec={"w": TuckerSpec(rank=(16, 8, 8, 4))})
-  grad_bytes = 64 * 32 * 16 * 9 * 8  # complex64: 8 bytes an entry
+  tx = tensor_galore_adamw(1e-3, spec={"w": TuckerSpec(rank=(16, 8, 8, 4))}, **kwargs)
   state_shardings = optimizer_state_shardings(
     tx, shapes, shardings, shard_projected_axes=shard_projected
   )
   state = jax.eval_shape(tx.init, shapes)
-  compiled = (
+  return (
     jax.jit(
       tx.update,
       in_shardings=(shardings, state_shardings, shardings),
@@ -486,13 +477,41 @@ def test_collectives_and_small_eigendecompositions(devices, shard_projected):
     .compile()
     .as_text()
   )
+
+
+# The square matrices LAPACK decomposes (eigh: heevd, SVD: gesdd/gesvd), from the HLO text.
+_EIGH = r"c64\[(\d+),(\d+)\][^\n]*custom_call_target=\"\w*heevd"
+_SVD = r"= \(c64\[(\d+),(\d+)\][^\n]*custom_call_target=\"\w*gesv?dd?"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard_projected", [True, False])
+def test_collectives_and_small_decompositions(devices, shard_projected):
+  """What a sharded step communicates, with both settings of ``shard_projected_axes``.
+
+  Cond branches (the refresh) are separate HLO computations; the projection, Adam and the
+  back-projection of every step are in ``ENTRY``. With the projected dimensions replicated, no
+  step gathers the whole gradient. The default refresh's SVDs (of the R of a QR of each mode's
+  unfolding) see matrices no larger than ``I_n x I_n``, largest mode 64.
+  """
+  compiled = _compiled_update(devices, shard_projected)
+  grad_bytes = 64 * 32 * 16 * 9 * 8  # complex64: 8 bytes an entry
   step = [(op, b) for c, op, b in _collectives(compiled) if c == "ENTRY"]
-  eigh_operands = re.findall(r"c64\[(\d+),(\d+)\][^\n]*custom_call_target=\"\w*heevd", compiled)
-  assert eigh_operands, "no eigh found in the compiled refresh"
-  assert all(int(a) <= 64 and int(b) <= 64 for a, b in eigh_operands), eigh_operands
+  svd_operands = re.findall(_SVD, compiled)
+  assert svd_operands, "no SVD found in the compiled refresh"
+  assert all(int(a) <= 64 and int(b) <= 64 for a, b in svd_operands), svd_operands
   if not shard_projected:
     largest_all_gather = max([b for op, b in step if op == "all-gather"] or [0])
     assert largest_all_gather < grad_bytes, step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard_projected", [True, False])
+def test_eigh_refresh_decomposes_gram_matrices_no_larger_than_a_mode(devices, shard_projected):
+  compiled = _compiled_update(devices, shard_projected, refresh_method="eigh")
+  eigh_operands = re.findall(_EIGH, compiled)
+  assert eigh_operands, "no eigh found in the compiled refresh"
+  assert all(int(a) <= 64 and int(b) <= 64 for a, b in eigh_operands), eigh_operands
 
 
 @pytest.mark.slow
