@@ -252,7 +252,12 @@ def test_batch_axes_give_each_layer_its_own_factors_like_separate_leaves(policy)
   key = jax.random.key(5)
   grads = [_complex_normal(jax.random.fold_in(key, k), (layers, 6, 5, 4)) for k in range(3)]
   stacked = tensor_galore_adamw(
-    1e-2, rank=0.5, update_proj_gap=2, moment_policy=policy, spec=TuckerSpec(batch_axes=(0,))
+    1e-2,
+    rank=0.5,
+    update_proj_gap=2,
+    moment_policy=policy,
+    min_size=1,
+    spec=TuckerSpec(batch_axes=(0,)),
   )
   separate = tensor_galore_adamw(
     1e-2, rank=0.5, update_proj_gap=2, moment_policy=policy, min_size=1
@@ -264,7 +269,9 @@ def test_batch_axes_give_each_layer_its_own_factors_like_separate_leaves(policy)
   for g in grads:
     u_stacked, s_stacked = jax.jit(stacked.update)({"w": g}, s_stacked, {"w": params})
     u_separate, s_separate = jax.jit(separate.update)(
-      {f"w{i}": g[i] for i in range(layers)}, s_separate
+      {f"w{i}": g[i] for i in range(layers)},
+      s_separate,
+      {f"w{i}": params[i] for i in range(layers)},
     )
     for i in range(layers):
       chex.assert_trees_all_close(u_stacked["w"][i], u_separate[f"w{i}"], atol=1e-6)
@@ -317,10 +324,14 @@ def _train(tx, steps=40):
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, refresh_method="subspace"),
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, nesterov=True),
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, eps_root=1e-8),
+    # Axes 2 and 0 as one mode, projected on that side only (a matrix, as GaLore).
     lambda: tensor_galore_adamw(
-      5e-2, rank=0.6, spec={"w": TuckerSpec(modes=((2, 0), 1)), "b": None}
+      5e-2, rank=0.8, spec={"w": TuckerSpec(modes=((2, 0), 1), num_projected=1), "b": None}
     ),
-    lambda: optax.masked(tensor_galore_adamw(5e-2, rank=0.5, min_size=1), {"w": True, "b": False}),
+    lambda: optax.chain(
+      optax.masked(tensor_galore_adamw(5e-2, rank=0.5, min_size=1), {"w": True, "b": False}),
+      optax.masked(optax.adam(5e-2), {"w": False, "b": True}),
+    ),
     lambda: optax.partition(
       {"g": tensor_galore_adamw(5e-2, rank=0.5, min_size=1), "a": optax.adam(5e-2)},
       {"w": "g", "b": "a"},
