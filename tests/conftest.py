@@ -4,7 +4,7 @@ import os
 
 # LAPACK's OpenBLAS threads spin against XLA's own threads on CPU and make small
 # eigendecompositions orders of magnitude slower inside a busy process (see
-# benchmarks/common.py). Set before anything loads OpenBLAS.
+# examples/__init__.py). Set before anything loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402

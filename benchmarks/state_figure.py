@@ -8,16 +8,12 @@ As in the paper, only the spectral weights are projected.
 
 Usage (from the repository root)::
 
-  python docs/assets/make_memory_figure.py
+  python -m benchmarks.state_figure
 """
 
 import pathlib
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -27,6 +23,8 @@ from flax import nnx  # noqa: E402
 from examples.fno.model import PRESETS  # noqa: E402
 from examples.fno.optimizers import TUCKER, spectral_spec  # noqa: E402
 from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw, tree_bytes  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 RANKS = (0.25, 0.1, 0.05)
 
@@ -60,7 +58,7 @@ def main() -> None:
   )
   ax.spines[["top", "right"]].set_visible(False)
   fig.tight_layout()
-  out = pathlib.Path(__file__).resolve().parent / "memory.png"
+  out = ROOT / "docs" / "assets" / "memory.png"
   fig.savefig(out)
   print(f"wrote {out}")
 
