@@ -74,6 +74,9 @@ def main() -> None:
     "core adam, identity factors": lambda s: loss_ratio(core_adam(), s, lambda held: held),
     "core adam, random orthonormal factors": lambda s: loss_ratio(core_adam(), s, random_factors),
     "core adam, HOSVD factors of step 0": lambda s: loss_ratio(core_adam(), s),
+    "core adam, HOSVD factors of step 0, core_basis='mixed'": lambda s: loss_ratio(
+      tensor_galore_adamw(5e-2, rank=1.0, spec=SPEC, update_proj_gap=NEVER, core_basis="mixed"), s
+    ),
     "factored rms + ema, no projection": lambda s: loss_ratio(factored(optax.ema(0.9)), s),
     "factored rms + core ema, HOSVD factors": lambda s: loss_ratio(
       factored(tensor_galore(1.0, base_optimizer=optax.ema(0.9), spec=SPEC, update_proj_gap=NEVER)),

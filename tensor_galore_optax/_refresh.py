@@ -174,12 +174,24 @@ def initial_factors(shapes: Sequence[tuple[int, ...]], dtype) -> Factors:
   )
 
 
+def mixing_matrix(rank: int, dtype) -> jax.Array:
+  """The orthonormal DCT-II basis of ``R^rank`` as columns: a fixed rotation that spreads
+  each coordinate over all of them (the first column is constant)."""
+  n = jnp.arange(rank)
+  c = jnp.sqrt(2.0 / rank) * jnp.cos(jnp.pi * (n[:, None] + 0.5) * n[None, :] / rank)
+  return c.at[:, 0].divide(jnp.sqrt(2.0)).astype(dtype)
+
+
 def _is_initial(factors: Factors) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(u == jnp.eye(*u.shape, dtype=u.dtype)) for u in factors]))
 
 
 def refresh_factors(
-  tensor: jax.Array, previous: Factors, modes: Sequence[int], method: RefreshMethod
+  tensor: jax.Array,
+  previous: Factors,
+  modes: Sequence[int],
+  method: RefreshMethod,
+  mixed: bool = False,
 ) -> Factors:
   """New factors for ``tensor`` by ``method``.
 
@@ -190,6 +202,8 @@ def refresh_factors(
       mode; they fix the ranks and the dtype the decomposition runs in.
     modes: The projected modes, in the order of ``previous``.
     method: One of `REFRESH_METHODS`.
+    mixed: Whether to rotate each new factor's columns by `mixing_matrix`
+      (the same subspace, its leading directions spread over every column).
 
   Returns:
     The new factors, orthonormal columns, phases aligned with ``previous``;
@@ -215,6 +229,8 @@ def refresh_factors(
       )
     else:
       factors = _COMPUTE[method](work, previous, modes)
+    if mixed:
+      factors = tuple(f @ mixing_matrix(f.shape[1], f.dtype) for f in factors)
     return tuple(_align_phases(f.astype(dtype), u) for f, u in zip(factors, previous))
 
   return jax.lax.cond(is_usable(tensor), compute, lambda: previous)

@@ -31,6 +31,12 @@ MomentPolicy = Literal["keep", "reset", "rotate"]
 MOMENT_POLICIES: tuple[str, ...] = typing.get_args(MomentPolicy)
 """The moment policies, the paper's (``"keep"``) first."""
 
+CoreBasis = Literal["singular", "mixed"]
+"""The basis of each core's coordinates; see `tensor_galore`."""
+
+CORE_BASES: tuple[str, ...] = typing.get_args(CoreBasis)
+"""The core bases, the paper's (``"singular"``) first."""
+
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
 SpecLike = TuckerSpec | optax.Params | Callable[[optax.Params], Any] | None
@@ -211,11 +217,11 @@ def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
   return factors
 
 
-def _refresh_leaf(plan: TuckerPlan | None, grad, factors, *, method, now):
+def _refresh_leaf(plan: TuckerPlan | None, grad, factors, *, method, mixed, now):
   """New factors at a refresh step, the held ones otherwise (one `lax.cond` per leaf)."""
   if plan is None:
     return factors
-  refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method)
+  refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method, mixed)
   return jax.lax.cond(
     now,
     lambda: _tucker.batched(refresh, len(plan.batch_shape))(plan.to_tensor(grad), factors),
@@ -277,6 +283,7 @@ def tensor_galore(
   refresh_method: RefreshMethod = "sthosvd",
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
+  core_basis: CoreBasis = "singular",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -356,6 +363,14 @@ def tensor_galore(
       or its name: float32 or float64 (which needs ``jax_enable_x64``).
       ``None`` uses float32, or float64 for float64 leaves. Complex leaves get
       complex factors of that precision.
+    core_basis: The basis of the core's coordinates, in which the base
+      optimizer normalises entry by entry. ``"singular"`` (the paper's): the
+      leading singular vectors, so the core's energy sits in a few leading
+      entries and Adam gives the many small ones full-size steps.
+      ``"mixed"``: the same subspace, each factor's columns rotated by a fixed
+      orthonormal DCT (`mixing_matrix`) so that every coordinate mixes all
+      the leading directions, as the parameter's own coordinates do. The
+      projection, the truncation and the memory are the same.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -387,6 +402,8 @@ def tensor_galore(
   factor_dtype = _check_arguments(
     rank, update_proj_gap, min_size, refresh_method, moment_policy, factor_dtype, base_optimizer
   )
+  if core_basis not in CORE_BASES:
+    raise ValueError(f"core_basis must be one of {CORE_BASES}, got {core_basis!r}.")
   base = optax.with_extra_args_support(base_optimizer)
   plans_of = functools.partial(_plans, spec=spec, rank=rank, min_size=min_size)
 
@@ -408,7 +425,10 @@ def tensor_galore(
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     now = state.count % update_proj_gap == 0
     factors = _map_plans(
-      functools.partial(_refresh_leaf, method=refresh_method, now=now), plans, updates, held
+      functools.partial(_refresh_leaf, method=refresh_method, mixed=core_basis == "mixed", now=now),
+      plans,
+      updates,
+      held,
     )
     base_state = _carry_moments(
       moment_policy, state.base_optimizer_state, plans, held, factors, now, base, cores_like
@@ -489,6 +509,7 @@ def tensor_galore_adamw(
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
+  core_basis: CoreBasis = "singular",
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -526,6 +547,7 @@ def tensor_galore_adamw(
     moment_policy: ``"keep"``, ``"reset"`` or ``"rotate"``; see `tensor_galore`.
     factor_dtype: ``None``, float32 or float64; see `tensor_galore`.
     nesterov: Whether to use Nesterov momentum in Adam.
+    core_basis: ``"singular"`` or ``"mixed"``; see `tensor_galore`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -565,6 +587,7 @@ def tensor_galore_adamw(
       refresh_method=refresh_method,
       moment_policy=moment_policy,
       factor_dtype=factor_dtype,
+      core_basis=core_basis,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

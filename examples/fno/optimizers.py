@@ -12,6 +12,9 @@ other leaf keeps full-size Adam moments.
   moments ``b x r``: ``r (a + 2 b)`` is smallest with ``a >= b``). It is a
   `TuckerSpec` of `tensor_galore`, so it handles complex weights correctly.
 * ``tensor_galore``: every mode of each spectral weight projected (Tucker).
+* ``tensor_galore_mixed``: Tensor-GaLore with ``core_basis="mixed"``: the same
+  subspaces, the cores' coordinates rotated so that Adam does not normalise
+  the leading singular directions one by one.
 * ``tensor_galore_factored``: Tensor-GaLore with Adam's normalisation kept in
   the weights' own coordinates: each gradient is first divided by the root of
   a per-mode factored mean square (`scale_by_factored_rms`), then projected,
@@ -120,6 +123,7 @@ OPTIMIZERS: dict[str, Variant] = {
   "adamw": Variant(adamw, default_rank=None),
   "galore": Variant(projected(MATRIX), default_rank="matched"),
   "tensor_galore": Variant(projected(TUCKER)),
+  "tensor_galore_mixed": Variant(projected(TUCKER, core_basis="mixed")),
   "tensor_galore_factored": Variant(factored(TUCKER)),
 }
 
