@@ -176,7 +176,7 @@ def initial_factors(shapes: Sequence[tuple[int, ...]], dtype) -> Factors:
 
 def mixing_matrix(rank: int, dtype) -> jax.Array:
   """The orthonormal DCT-II basis of ``R^rank`` as columns: a fixed rotation that spreads
-  each coordinate over all of them (the first column is constant)."""
+  each coordinate over several (the first column is constant)."""
   n = jnp.arange(rank)
   c = jnp.sqrt(2.0 / rank) * jnp.cos(jnp.pi * (n[:, None] + 0.5) * n[None, :] / rank)
   return c.at[:, 0].divide(jnp.sqrt(2.0)).astype(dtype)

@@ -368,8 +368,8 @@ def tensor_galore(
       leading singular vectors, so the core's energy sits in a few leading
       entries and Adam gives the many small ones full-size steps.
       ``"mixed"``: the same subspace, each factor's columns rotated by a fixed
-      orthonormal DCT (`mixing_matrix`) so that every coordinate mixes all
-      the leading directions, as the parameter's own coordinates do. The
+      orthonormal DCT so that each coordinate mixes several leading
+      directions, as the parameter's own coordinates do. The
       projection, the truncation and the memory are the same.
 
   Returns:

@@ -444,3 +444,38 @@ def test_flax_train_state_trains_and_matches_the_functional_update():
     functional = optax.apply_updates(functional, updates)
     ts = step(ts)
   chex.assert_trees_all_close(ts.params, functional, atol=1e-5)
+
+
+# --- The core's basis ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["svd", "sthosvd", "subspace"])
+def test_mixed_core_basis_spans_the_same_subspaces_with_spread_coordinates(method):
+  shape, ranks = (10, 9, 8), (3, 2, 4)
+  grad, spaces = _low_rank(jax.random.key(11), shape, ranks)
+  make = lambda basis: tensor_galore(
+    rank=ranks, min_size=1, refresh_method=method, core_basis=basis, base_optimizer=optax.identity()
+  )
+  _, singular = jax.jit(make("singular").update)({"w": grad}, make("singular").init({"w": grad}))
+  updates, mixed = jax.jit(make("mixed").update)({"w": grad}, make("mixed").init({"w": grad}))
+  for u, v, space in zip(singular.factors["w"], mixed.factors["w"], spaces):
+    chex.assert_trees_all_close(_projector(v), _projector(space), atol=1e-4)
+    chex.assert_trees_all_close(v.conj().T @ v, jnp.eye(v.shape[1]), atol=1e-5)
+    # No column of the mixed factor is a single singular vector: each spreads over several.
+    overlaps = jnp.abs(u.conj().T @ v)
+    assert u.shape[1] == 1 or float(overlaps.max()) < 0.99
+  chex.assert_trees_all_close(updates["w"], grad, atol=1e-4)  # the projection is unchanged
+
+
+def test_mixing_matrix_is_orthonormal_and_spreads_the_first_coordinate():
+  from tensor_galore_optax._refresh import mixing_matrix
+
+  for rank in (1, 2, 7, 32):
+    m = mixing_matrix(rank, jnp.float32)
+    chex.assert_trees_all_close(m.T @ m, jnp.eye(rank), atol=1e-5)
+    chex.assert_trees_all_close(jnp.abs(m[0]), jnp.full(rank, 1 / rank**0.5), atol=0.3)
+
+
+def test_unknown_core_basis_is_refused():
+  with pytest.raises(ValueError, match="core_basis"):
+    tensor_galore(core_basis="random")
