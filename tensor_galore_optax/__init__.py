@@ -5,7 +5,9 @@ from tensor_galore_optax._memory import optimizer_state_bytes, tree_bytes
 from tensor_galore_optax._refresh import REFRESH_METHODS, RefreshMethod
 from tensor_galore_optax._sharding import optimizer_state_shardings
 from tensor_galore_optax._transform import (
+  CORE_BASES,
   MOMENT_POLICIES,
+  CoreBasis,
   MomentPolicy,
   TensorGaLoreState,
   tensor_galore,
@@ -16,8 +18,10 @@ from tensor_galore_optax._tucker import TuckerSpec
 __version__ = "0.2.0"
 
 __all__ = (
+  "CORE_BASES",
   "MOMENT_POLICIES",
   "REFRESH_METHODS",
+  "CoreBasis",
   "FactoredRmsState",
   "MomentPolicy",
   "RefreshMethod",
