@@ -185,9 +185,13 @@ def _init_factors(plan: TuckerPlan | None, param, factor_dtype):
   return _refresh.initial_factors(plan.factor_shapes, _factor_dtype(param.dtype, factor_dtype))
 
 
-def _zero_core(plan: TuckerPlan | None, leaf):
-  """Zeros shaped like what the base optimizer sees for ``leaf``."""
-  return jnp.zeros(leaf.shape if plan is None else plan.core_shape, leaf.dtype)
+def _core_struct(plan: TuckerPlan | None, leaf) -> jax.ShapeDtypeStruct:
+  """The shape and dtype of what the base optimizer sees for ``leaf``."""
+  return jax.ShapeDtypeStruct(leaf.shape if plan is None else plan.core_shape, leaf.dtype)
+
+
+def _zeros(structs):
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), structs)
 
 
 def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
@@ -410,7 +414,7 @@ def tensor_galore(
   def init_fn(params):
     plans = plans_of(params)
     init_factors = functools.partial(_init_factors, factor_dtype=factor_dtype)
-    cores = _map_plans(_zero_core, plans, params)
+    cores = _zeros(_map_plans(_core_struct, plans, params))
     base_state = base.init(cores)
     _check_base_optimizer(base, cores, base_state, moment_policy)
     return TensorGaLoreState(
@@ -421,7 +425,7 @@ def tensor_galore(
     del params  # The projection needs none; weight decay belongs outside.
     plans = plans_of(updates)
     held = _held_factors_tree(plans, updates, state.factors)
-    cores_like = _map_plans(_zero_core, plans, updates)
+    cores_like = _map_plans(_core_struct, plans, updates)
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     now = state.count % update_proj_gap == 0
     factors = _map_plans(
@@ -457,7 +461,7 @@ def _held_factors_tree(plans, updates, factors):
 def _carry_moments(policy, base_state, plans, old, new, now, base, cores_like):
   """The base optimizer's state after the factors went from ``old`` to ``new``."""
   if policy == "reset":
-    return jax.lax.cond(now, lambda: base.init(cores_like), lambda: base_state)
+    return jax.lax.cond(now, lambda: base.init(_zeros(cores_like)), lambda: base_state)
   if policy == "rotate":
 
     def rotate(name, moments):
