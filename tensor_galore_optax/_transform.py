@@ -374,7 +374,9 @@ def tensor_galore(
       ``"mixed"``: the same subspace, each factor's columns rotated by a fixed
       orthonormal DCT so that each coordinate mixes several leading
       directions, as the parameter's own coordinates do. The
-      projection, the truncation and the memory are the same.
+      projection, the truncation and the memory are the same. It helps
+      on some problems and hurts on others (on the FNO example it is
+      worse; see the docs' benchmarks): measure before switching.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
