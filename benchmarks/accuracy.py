@@ -116,8 +116,15 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--lr", default="", help="per-optimizer learning rates, NAME=LR,...")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/accuracy.json"))
-  parser.add_argument(
+  replace = parser.add_mutually_exclusive_group()
+  replace.add_argument(
     "--overwrite", action="store_true", help="replace the runs already beside --out"
+  )
+  replace.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue the runs already beside --out from their last checkpoint (a finished run "
+    "is only evaluated again)",
   )
   args = parser.parse_args(argv)
   tasks, names = args.tasks.split(","), args.optimizers.split(",")
@@ -146,6 +153,7 @@ def main(argv=None) -> int:
       seed=int(seed),
       out=str(args.out.parent / f"accuracy_{task}_{name}_{seed}"),
       overwrite=args.overwrite,
+      resume=args.resume,
       progress=False,
     )
     for task in tasks

@@ -132,3 +132,78 @@ def train_all(parser, plan: list) -> list[tuple]:
   except configs.ConfigError as e:
     parser.error(str(e))
   return [(config, train.train_and_evaluate(config)) for config in plan]
+
+
+# What each category of `peak_breakdown` holds, in the order of the tables.
+PEAK_CATEGORIES = {
+  "params": "the parameters (donated: updated in place)",
+  "optimizer_state": "the optimizer state (donated)",
+  "batch": "the batch",
+  "saved_spectral": "forward values of the spectral convolutions kept for the backward pass "
+  "(FFTs, spectra)",
+  "saved_pointwise": "forward values of the pointwise layers and GELUs kept for the backward pass",
+  "backward": "the backward pass's own values: gradients and their temporaries",
+  "optimizer_update": "the optimizer's temporaries (projections, refreshes, new moments)",
+  "other": "copies and constants XLA did not attribute to an operation",
+}
+
+
+def _category(path: list[str]) -> str:
+  """The `PEAK_CATEGORIES` key of one entry of XLA's peak breakdown, from its path."""
+  head = path[0]
+  if head.startswith("params"):
+    return "params"
+  if head.startswith("opt_state"):
+    return "optimizer_state"
+  if head in ("x", "y"):
+    return "batch"
+  if "/" not in head:
+    return "other"
+  if "transpose(" in head:
+    return "backward"
+  if "jvp(" in head:
+    return "saved_spectral" if "spectral" in head else "saved_pointwise"
+  return "optimizer_update"
+
+
+def parse_peak_breakdown(text: str) -> dict[str, int]:
+  """Bytes per `PEAK_CATEGORIES` key from XLA's live-range dump of one module.
+
+  XLA:CPU writes a "Stack trace breakdown for peak usage" tree in
+  ``*-live-range.txt``: one node per buffer (or per level of a parameter's
+  path), each with the bytes it holds itself (``current``). The node names
+  are the operations' JAX names, e.g. ``jit(train_step)/jvp(spectral)/fft``
+  or ``jit(train_step)/transpose(jvp())/add_any``, so the forward values still
+  alive at the peak are those named ``jvp(...)`` and the backward pass's
+  values those named ``transpose(...)``.
+  """
+  lines = text.split("Stack trace breakdown for peak usage:", 1)[1].splitlines()[2:]
+  sizes = dict.fromkeys(PEAK_CATEGORIES, 0)
+  path: list[str] = []
+  for line in lines:
+    marker = max(line.find("├── "), line.find("└── "))
+    if marker < 0:
+      break
+    depth = (marker - 6) // 4
+    name, _, rest = line[marker + 4 :].rpartition(" (")
+    path[depth:] = [name]
+    current = rest.split("current: ", 1)[1].split(" bytes", 1)[0]
+    sizes[_category(path)] += int(current.replace("\u202f", "").replace(" ", ""))
+  return sizes
+
+
+def peak_breakdown(step, *args) -> dict[str, int]:
+  """Compiles ``step`` on ``args`` (arrays or shape structs) and splits its peak by category.
+
+  The compilation dumps XLA's buffer analysis to a temporary directory (only
+  for this compilation) and `parse_peak_breakdown` reads it. The categories
+  sum to XLA's peak, which can differ a little from `compiled_memory`'s
+  ``step_bytes``: that one adds the outputs that do not alias arguments.
+  """
+  import tempfile
+
+  with tempfile.TemporaryDirectory() as directory:
+    step.lower(*args).compile(compiler_options={"xla_dump_to": directory})
+    dumps = list(pathlib.Path(directory).glob("*-live-range.txt"))
+    (dump,) = [d for d in dumps if "Stack trace breakdown" in d.read_text()][-1:]
+    return parse_peak_breakdown(dump.read_text())

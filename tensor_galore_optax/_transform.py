@@ -226,11 +226,10 @@ def _refresh_leaf(plan: TuckerPlan | None, grad, factors, *, method, mixed, now)
   if plan is None:
     return factors
   refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method, mixed)
-  return jax.lax.cond(
-    now,
-    lambda: _tucker.batched(refresh, len(plan.batch_shape))(plan.to_tensor(grad), factors),
-    lambda: factors,
-  )
+  # Stacked layers refresh one after the other: a decomposition's work arrays
+  # are as large as the tensor, and this way exist for one layer at a time.
+  refresh = _tucker.batched(refresh, len(plan.batch_shape), sequential=True)
+  return jax.lax.cond(now, lambda: refresh(plan.to_tensor(grad), factors), lambda: factors)
 
 
 def _project_leaf(plan: TuckerPlan | None, grad, factors):

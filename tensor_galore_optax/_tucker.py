@@ -11,6 +11,7 @@ Python here, so it runs once per trace and never inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -106,7 +107,38 @@ def mode_dot(tensor: jax.Array, matrix: jax.Array, mode: int) -> jax.Array:
   ``matrix = U.conj()`` this is ``tensor x_mode U^H``, with ``matrix = U.T``
   it is ``tensor x_mode U``.
   """
+  # Along the first or the last axis the product is one matrix product on the
+  # tensor as it is laid out; along an inner axis XLA transposes the tensor.
+  if mode == 0:
+    return jnp.tensordot(matrix, tensor, axes=(0, 0))
+  if mode == tensor.ndim - 1:
+    return jnp.tensordot(tensor, matrix, axes=(mode, 0))
   return jnp.moveaxis(jnp.tensordot(tensor, matrix, axes=(mode, 0)), -1, mode)
+
+
+def _contraction_order(
+  sizes: Sequence[tuple[int, int]], modes: Sequence[int], ndim: int
+) -> list[int]:
+  """The order in which `project` contracts the modes, as indices into ``modes``.
+
+  The most compressing modes (smallest ``R_n / I_n``) go first, so that each
+  product runs on the smallest tensor available; but the first product, the
+  only one on the full-size tensor, is moved to an outer axis (the first or
+  the last) when one is projected, so that the full-size tensor is never
+  transposed. `back_project` uses the reverse order, so that its last product
+  writes the full-size tensor in place.
+
+  Args:
+    sizes: ``(I_n, R_n)`` per projected mode.
+    modes: The projected modes.
+    ndim: The tensor's number of axes.
+  """
+  order = sorted(range(len(modes)), key=lambda k: sizes[k][1] / sizes[k][0])
+  outer = [k for k in order if modes[k] in (0, ndim - 1)]
+  if outer:
+    order.remove(outer[0])
+    order.insert(0, outer[0])
+  return order
 
 
 def project(tensor: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int]) -> jax.Array:
@@ -114,25 +146,33 @@ def project(tensor: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int
 
   ``factors[k]`` is the ``(I_n, R_n)`` factor of mode ``n = modes[k]``.
   """
-  # Contract the most compressing modes first: each product then runs on the
-  # smallest tensor available.
-  for k in sorted(range(len(modes)), key=lambda k: factors[k].shape[1] / factors[k].shape[0]):
+  for k in _contraction_order([f.shape for f in factors], modes, tensor.ndim):
     tensor = mode_dot(tensor, factors[k].conj(), modes[k])
   return tensor
 
 
 def back_project(core: jax.Array, factors: Sequence[jax.Array], modes: Sequence[int]) -> jax.Array:
   """The full-size tensor ``core x_n U_n`` over ``modes``."""
-  # Expand the least expanding modes first, for the same reason as `project`.
-  for k in sorted(range(len(modes)), key=lambda k: factors[k].shape[0] / factors[k].shape[1]):
+  for k in reversed(_contraction_order([f.shape for f in factors], modes, core.ndim)):
     core = mode_dot(core, factors[k].T, modes[k])
   return core
 
 
-def batched(fn: Callable, batch_ndim: int) -> Callable:
-  """``fn`` mapped over ``batch_ndim`` leading axes of every argument and output."""
+def batched(fn: Callable, batch_ndim: int, *, sequential: bool = False) -> Callable:
+  """``fn`` mapped over ``batch_ndim`` leading axes of every argument and output.
+
+  Args:
+    fn: A function of arrays.
+    batch_ndim: How many leading axes to map over.
+    sequential: Map with ``jax.lax.map`` (one index after the other, so the
+      temporaries of ``fn`` exist for one index at a time) rather than
+      ``jax.vmap`` (all indices at once).
+  """
   for _ in range(batch_ndim):
-    fn = jax.vmap(fn)
+    if sequential:
+      fn = functools.partial(lambda f, *args: jax.lax.map(lambda a: f(*a), args), fn)
+    else:
+      fn = jax.vmap(fn)
   return fn
 
 

@@ -225,6 +225,9 @@ def test_every_field_is_a_flag_with_the_config_default():
     "--modes",
     "--width",
     "--remat",
+    "--remat-policy",
+    "--scan-layers",
+    "--activation-dtype",
     "--epochs",
     "--batch-size",
     "--eval-batch-size",
@@ -354,3 +357,46 @@ def test_accuracy_benchmark_writes_a_table_per_task_and_optimizer(tmp_path):
   assert factored["state_ratio"] < 1.0
   assert "| ns64 | tensor_galore_factored |" in out.with_suffix(".md").read_text()
   assert out.with_name("accuracy_ns64.png").stat().st_size > 0
+
+
+def _unstacked(tree: dict, n: int) -> dict:
+  """A scanned FNO's pure dict in the unrolled layout: ``blocks`` split into ``n`` layers."""
+  tree = dict(tree)
+  stacked = tree.pop("blocks")
+  tree["blocks"] = {i: jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n)}
+  return tree
+
+
+@pytest.mark.parametrize("name", ["galore", "tensor_galore"])
+def test_stacked_spectral_weights_get_per_layer_projections(name):
+  """The scanned FNO starts from the unrolled one's parameters and gets the same updates."""
+  from flax import nnx
+
+  from examples.fno import model
+
+  def params_of(**recipe):
+    fno = model.FNO(1, 1, modes=(6, 6), width=8, n_layers=3, rngs=nnx.Rngs(0), **recipe)
+    return nnx.to_pure_dict(nnx.state(fno, nnx.Param))
+
+  plain, scanned = params_of(), params_of(scan_layers=True)
+  assert scanned["blocks"]["spectral"]["weight"].shape == (3, 8, 8, 6, 4)
+  jax.tree.map(np.testing.assert_array_equal, _unstacked(scanned, 3), plain)
+
+  settings = dict(tensor_rank=0.5, update_proj_gap=2, weight_decay=1e-2)
+  tx_plain, rank_plain = optimizers.build(name, 1e-2, plain, **settings)
+  tx_scanned, rank_scanned = optimizers.build(name, 1e-2, scanned, **settings)
+  assert rank_plain == rank_scanned
+  state_plain, state_scanned = tx_plain.init(plain), tx_scanned.init(scanned)
+  rng = np.random.default_rng(0)
+  for _ in range(5):  # refreshes at steps 0, 2 and 4
+    grads = jax.tree.map(
+      lambda p: (rng.standard_normal(p.shape) * (1 + 1j * np.iscomplexobj(p))).astype(p.dtype),
+      scanned,
+    )
+    updates_scanned, state_scanned = tx_scanned.update(grads, state_scanned, scanned)
+    updates_plain, state_plain = tx_plain.update(_unstacked(grads, 3), state_plain, plain)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+      _unstacked(updates_scanned, 3),
+      updates_plain,
+    )

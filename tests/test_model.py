@@ -213,6 +213,65 @@ def test_remat_matches_plain():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_remat, grads_plain)
 
 
+def _unstacked(grads):
+  """The gradients of a scanned model (a pure dict) in the layout of the unrolled one."""
+  blocks = grads.pop("blocks")
+  n = jax.tree.leaves(blocks)[0].shape[0]
+  grads["blocks"] = {i: jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n)}
+  return grads
+
+
+@pytest.mark.parametrize(
+  "recipe",
+  [
+    dict(scan_layers=True),
+    dict(scan_layers=True, remat=True),
+    dict(scan_layers=True, remat=True, pointwise_chunk=1),
+    dict(remat=True, pointwise_chunk=1, remat_policy="dots_with_no_batch_dims_saveable"),
+  ],
+  ids=lambda r: "+".join(f"{k}={v}" for k, v in r.items()),
+)
+def test_memory_recipes_compute_the_same_function_and_gradients(recipe):
+  x = _normal(0, (2, 16, 16, 2))
+  y = _normal(1, (2, 16, 16, 3))
+  # Three blocks, so that the scan has inner blocks (with GELUs) and a last
+  # one (without).
+  plain, other = _tiny_fno(n_layers=3), _tiny_fno(n_layers=3, **recipe)
+  if recipe.get("scan_layers"):
+    assert other.blocks.spectral.weight.shape == (3, 8, 8, 6, 4)
+  np.testing.assert_allclose(_call(other, x), _call(plain, x), atol=1e-5)
+  loss_plain, grads_plain = _loss_and_grads(plain, x, y)
+  loss_other, grads_other = _loss_and_grads(other, x, y)
+  np.testing.assert_allclose(loss_other, loss_plain, rtol=1e-5)
+  grads_other = nnx.to_pure_dict(grads_other)
+  if recipe.get("scan_layers"):
+    grads_other = _unstacked(grads_other)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    grads_other,
+    nnx.to_pure_dict(grads_plain),
+  )
+
+
+def test_bfloat16_pointwise_layers_keep_float32_parameters_and_output():
+  x = _normal(0, (2, 16, 16, 2))
+  plain, low = _tiny_fno(), _tiny_fno(dtype=jnp.bfloat16, scan_layers=True)
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(low, nnx.Param))} == {
+    np.dtype(np.float32),
+    np.dtype(np.complex64),
+  }
+  out, reference = _call(low, x), _call(plain, x)
+  assert out.dtype == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa: a relative error of a few 1e-3.
+  error = np.linalg.norm(out - reference) / np.linalg.norm(reference)
+  assert 1e-5 < error < 3e-2
+
+
+def test_unknown_remat_policy_is_refused():
+  with pytest.raises(ValueError, match="remat_policy"):
+    _tiny_fno(remat=True, remat_policy="sometimes")
+
+
 def test_relative_lp():
   y = jnp.array([[3.0, 4.0], [1.0, 0.0]])
   pred = jnp.array([[0.0, 4.0], [1.0, 2.0]])

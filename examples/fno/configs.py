@@ -108,7 +108,24 @@ class Config:
   width: int | None = _field(
     None, "channel width (default: the preset's)", metavar="W", bound="positive"
   )
-  remat: bool = _field(False, "rematerialise the Fourier blocks in the backward pass")
+  remat: bool = _field(
+    False,
+    "recompute the activations of each Fourier block, the lifting and the projection in "
+    "the backward pass instead of keeping them",
+  )
+  remat_policy: str = _field(
+    "nothing_saveable",
+    "what a rematerialised segment keeps (with --remat)",
+    choices=model.REMAT_POLICIES,
+  )
+  scan_layers: bool = _field(
+    False, "stack the Fourier blocks' parameters on a layer axis and run them with one scan"
+  )
+  activation_dtype: str = _field(
+    "float32",
+    "dtype of the pointwise layers and GELUs (FFTs stay in float32)",
+    choices=("float32", "bfloat16"),
+  )
   # 15 epochs of the small preset fit the ten-minute CPU budget.
   epochs: int = _field(15, "passes over the training set", metavar="E", bound="positive")
   batch_size: int = _field(20, "training samples per step", metavar="B", bound="positive")

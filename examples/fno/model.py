@@ -163,7 +163,13 @@ class SpectralConv2d(nnx.Module):
     Returns:
       Real array of shape ``(B, H, W, out_channels)``.
     """
+    with jax.named_scope("spectral"):
+      return self._apply(x)
+
+  def _apply(self, x: jax.Array) -> jax.Array:
     h, w = x.shape[1:3]
+    # FFTs run in float32 / complex64 whatever the activations' dtype.
+    x = x.astype(jnp.float32)
     weight = self.weight[...]
     mx = min(weight.shape[2], h)
     my = min(weight.shape[3], w // 2 + 1)
@@ -191,6 +197,7 @@ class ChannelMLP(nnx.Module):
     hidden_channels: int,
     out_channels: int,
     *,
+    dtype: jnp.dtype | None = None,
     rngs: nnx.Rngs,
   ):
     """Initialises the layers.
@@ -199,10 +206,12 @@ class ChannelMLP(nnx.Module):
       in_channels: Number of input channels.
       hidden_channels: Width of the hidden layer.
       out_channels: Number of output channels.
+      dtype: The dtype the layers compute in (their parameters stay
+        float32); ``None`` for the inputs' dtype.
       rngs: Random number generators; the ``params`` stream is used.
     """
-    self.fc1 = nnx.Linear(in_channels, hidden_channels, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden_channels, out_channels, rngs=rngs)
+    self.fc1 = nnx.Linear(in_channels, hidden_channels, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden_channels, out_channels, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps ``(..., in_channels)`` to ``(..., out_channels)``."""
@@ -227,6 +236,7 @@ class FNOBlock(nnx.Module):
     modes: Sequence[int],
     *,
     activate_output: bool,
+    dtype: jnp.dtype | None = None,
     rngs: nnx.Rngs,
   ):
     """Initialises the block.
@@ -236,29 +246,50 @@ class FNOBlock(nnx.Module):
       modes: ``(mx, my)`` for the spectral convolution.
       activate_output: Whether to apply the GELUs; ``False`` for the last
         block, whose output goes straight to the projection.
+      dtype: The dtype of the pointwise layers' computation (see
+        `ChannelMLP`); the spectral convolution always runs in float32.
       rngs: Random number generators; the ``params`` stream is used.
     """
     self.spectral = SpectralConv2d(width, width, modes, rngs=rngs)
-    self.skip = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+    self.skip = nnx.Linear(width, width, use_bias=False, dtype=dtype, rngs=rngs)
     # neuraloperator's channel MLP has an expansion ratio of 0.5.
-    self.channel_mlp = ChannelMLP(width, round(width / 2), width, rngs=rngs)
+    self.channel_mlp = ChannelMLP(width, round(width / 2), width, dtype=dtype, rngs=rngs)
     self.gate = nnx.Param(jnp.ones((width,), jnp.float32))
     self.activate_output = activate_output
 
-  def _activation(self, x: jax.Array) -> jax.Array:
-    """GELU, or the identity in the last block."""
-    return jax.nn.gelu(x) if self.activate_output else x
+  def __call__(self, x: jax.Array, activate: bool | jax.Array | None = None) -> jax.Array:
+    """Maps ``(B, H, W, width)`` to ``(B, H, W, width)``.
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps ``(B, H, W, width)`` to ``(B, H, W, width)``."""
-    z = self._activation(self.spectral(x) + self.skip(x))
-    return self._activation(self.channel_mlp(z) + self.gate[...] * x)
+    Args:
+      x: The block input.
+      activate: Overrides ``activate_output``; a traced boolean where the
+        blocks run under a scan, in which only the last one skips the GELUs.
+    """
+    active = self.activate_output if activate is None else activate
+
+    def activation(v):
+      if isinstance(active, bool):
+        return jax.nn.gelu(v) if active else v
+      return jnp.where(active, jax.nn.gelu(v), v)
+
+    z = activation(self.spectral(x) + self.skip(x))
+    # The output keeps the input's dtype (the float32 spectral branch would
+    # promote a bfloat16 stream), as a scan's carry must.
+    return activation(self.channel_mlp(z) + self.gate[...] * x).astype(x.dtype)
 
 
-@nnx.remat
-def _checkpointed_block(block: FNOBlock, x: jax.Array) -> jax.Array:
-  """Calls ``block`` and recomputes its activations in the backward pass."""
-  return block(x)
+# Rematerialisation policies by name (`jax.checkpoint_policies`): what a
+# rematerialised segment keeps from its forward pass; everything else is
+# recomputed in the backward pass.
+REMAT_POLICIES = {
+  # Only the segment's inputs: the least memory, one more forward pass.
+  "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+  # Also the outputs of matrix products without batch dimensions (the
+  # pointwise layers); the GELUs and FFTs are recomputed.
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  # Everything: the same memory as no remat (a baseline for the benchmarks).
+  "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
 
 
 def grid_embedding(x: jax.Array) -> jax.Array:
@@ -282,11 +313,32 @@ def grid_embedding(x: jax.Array) -> jax.Array:
   return jnp.concatenate([x, jnp.broadcast_to(grid, (b, h, w, 2))], axis=-1)
 
 
+def _stack(blocks: Sequence[FNOBlock]) -> FNOBlock:
+  """One `FNOBlock` whose every parameter stacks those of ``blocks`` on a leading axis."""
+  states = [nnx.state(block) for block in blocks]
+  return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(lambda *a: jnp.stack(a), *states))
+
+
 class FNO(nnx.Module):
   """A 2-D Fourier Neural Operator on channels-last fields.
 
   ``x -> [grid embedding] -> lifting MLP -> n_layers x FNOBlock ->
   projection MLP``.
+
+  Three settings trade compute for memory without changing the function the
+  model computes (the initial parameters are the same for a given seed):
+
+  * ``remat`` recomputes the activations of each block, and of the lifting
+    and projection MLPs, in the backward pass instead of keeping them;
+  * ``scan_layers`` stores the blocks' parameters stacked, with a leading
+    layer axis (``blocks.spectral.weight`` is ``(n_layers, in, out, mx,
+    my)``), and runs them with one ``nnx.scan``: the backward pass keeps one
+    block's activations at a time, and XLA compiles one block, not
+    ``n_layers``;
+  * ``dtype`` runs the pointwise layers (lifting, skips, channel MLPs,
+    projection) and GELUs in a lower precision such as ``bfloat16``; the FFTs
+    and spectral products stay in float32 / complex64 and the parameters in
+    float32.
   """
 
   def __init__(
@@ -301,6 +353,10 @@ class FNO(nnx.Module):
     projection_ratio: int = 2,
     positional_embedding: bool = True,
     remat: bool = False,
+    remat_policy: str = "nothing_saveable",
+    scan_layers: bool = False,
+    dtype: jnp.dtype | None = None,
+    pointwise_chunk: int | None = None,
     rngs: nnx.Rngs,
   ):
     """Initialises the model.
@@ -319,27 +375,86 @@ class FNO(nnx.Module):
         ``width``.
       positional_embedding: Whether to append the 2 grid-coordinate channels
         to the input.
-      remat: Whether to rematerialise each block's activations in the
-        backward pass, trading compute for memory at high resolution.
+      remat: Whether to rematerialise each block, the lifting and the
+        projection in the backward pass, trading compute for memory.
+      remat_policy: A key of `REMAT_POLICIES`: what a rematerialised segment
+        keeps.
+      scan_layers: Whether to stack the blocks and run them with
+        ``nnx.scan``.
+      dtype: The computation dtype of the pointwise layers; ``None`` for
+        float32.
+      pointwise_chunk: If set, the lifting and projection MLPs (the widest
+        activations) run on this many samples at a time, one chunk after the
+        other; with ``remat``, their backward pass then holds one chunk's
+        activations rather than the whole batch's.
       rngs: Random number generators; the ``params`` stream is used.
+
+    Raises:
+      ValueError: For an unknown ``remat_policy``.
     """
+    if remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+        f"unknown remat_policy {remat_policy!r}; choose from {tuple(REMAT_POLICIES)}"
+      )
     self.positional_embedding = positional_embedding
     self.remat = remat
+    self.remat_policy = remat_policy
+    self.scan_layers = scan_layers
+    self.dtype = dtype
+    self.pointwise_chunk = pointwise_chunk
     lifting_in = in_channels + (2 if positional_embedding else 0)
-    self.lifting = ChannelMLP(lifting_in, lifting_ratio * width, width, rngs=rngs)
-    self.blocks = nnx.List(
-      [FNOBlock(width, modes, activate_output=i < n_layers - 1, rngs=rngs) for i in range(n_layers)]
+    self.lifting = ChannelMLP(lifting_in, lifting_ratio * width, width, dtype=dtype, rngs=rngs)
+    # The blocks are built one by one in both layouts, so that a seed gives
+    # the same parameters whether or not they are stacked.
+    blocks = [
+      FNOBlock(width, modes, activate_output=i < n_layers - 1, dtype=dtype, rngs=rngs)
+      for i in range(n_layers)
+    ]
+    self.n_layers = n_layers
+    self.blocks = _stack(blocks) if scan_layers else nnx.List(blocks)
+    self.projection = ChannelMLP(
+      width, projection_ratio * width, out_channels, dtype=dtype, rngs=rngs
     )
-    self.projection = ChannelMLP(width, projection_ratio * width, out_channels, rngs=rngs)
+
+  def _checkpointed(self, fn):
+    """``fn`` rematerialised with the model's policy, or ``fn`` itself without remat."""
+    if not self.remat:
+      return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[self.remat_policy])
+
+  def _pointwise(self, mlp: ChannelMLP, x: jax.Array) -> jax.Array:
+    """``mlp(x)``, rematerialised with the model, over ``pointwise_chunk`` samples at a time."""
+    # A pure function of the MLP's state, which `jax.lax.map` can close over.
+    graphdef, state = nnx.split(mlp)
+    call = lambda state, x: nnx.merge(graphdef, state)(x)
+    if self.remat:
+      call = jax.checkpoint(call, policy=REMAT_POLICIES[self.remat_policy])
+    if self.pointwise_chunk is None:
+      return call(state, x)
+    # The MLP acts on each pixel alone, so any split of the batch gives the
+    # same result; `lax.map` runs the chunks one after the other.
+    return jax.lax.map(lambda xs: call(state, xs), x, batch_size=self.pointwise_chunk)
+
+  def _run_blocks(self, x: jax.Array) -> jax.Array:
+    """Applies the Fourier blocks in order."""
+    call = self._checkpointed(lambda block, x, activate=None: block(x, activate))
+    if not self.scan_layers:
+      for block in self.blocks:
+        x = call(block, x)
+      return x
+    # Every block but the last applies its GELUs.
+    activate = jnp.arange(self.n_layers) < self.n_layers - 1
+    scan = nnx.scan(call, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+    return scan(self.blocks, x, activate)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps ``(B, H, W, in_channels)`` to ``(B, H, W, out_channels)``."""
     if self.positional_embedding:
       x = grid_embedding(x)
-    x = self.lifting(x)
-    for block in self.blocks:
-      x = _checkpointed_block(block, x) if self.remat else block(x)
-    return self.projection(x)
+    x = self._pointwise(self.lifting, x)
+    x = self._run_blocks(x)
+    x = self._pointwise(self.projection, x)
+    return x.astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,8 +474,8 @@ class FNOConfig:
     out_channels: int,
     *,
     resolution: Sequence[int] | None = None,
-    remat: bool = False,
     rngs: nnx.Rngs,
+    **recipe,
   ) -> FNO:
     """Builds the model.
 
@@ -370,8 +485,9 @@ class FNOConfig:
       resolution: If given, ``(H, W)`` of the training grid; the modes are
         clipped with `clip_modes` so no weight is allocated for frequencies
         the grid cannot represent.
-      remat: Whether to rematerialise each block in the backward pass.
       rngs: Random number generators; the ``params`` stream is used.
+      **recipe: How the model trades compute for memory: ``remat``,
+        ``remat_policy``, ``scan_layers`` and ``dtype`` of `FNO`.
 
     Returns:
       A freshly initialised `FNO`.
@@ -388,8 +504,8 @@ class FNOConfig:
       lifting_ratio=self.lifting_ratio,
       projection_ratio=self.projection_ratio,
       positional_embedding=self.positional_embedding,
-      remat=remat,
       rngs=rngs,
+      **recipe,
     )
 
 

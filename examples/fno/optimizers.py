@@ -26,6 +26,8 @@ and the command line's ``--optimizer`` offers it.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -50,13 +52,29 @@ Factory = Callable[..., optax.GradientTransformation]
 
 
 def is_spectral(leaf) -> bool:
-  """Spectral weights are the complex 4-D leaves of the FNO."""
-  return jnp.iscomplexobj(leaf) and leaf.ndim == 4
+  """Spectral weights are the complex leaves of the FNO: 4-D, or 5-D when stacked."""
+  return jnp.iscomplexobj(leaf) and leaf.ndim in (4, 5)
+
+
+def stacked(spec: TuckerSpec) -> TuckerSpec:
+  """``spec`` for the same weights stacked on a new leading layer axis.
+
+  The layer axis is a batch axis: every layer keeps its own factors and core.
+  """
+  shift = lambda group: group + 1 if isinstance(group, int) else tuple(a + 1 for a in group)
+  modes = None if spec.modes is None else tuple(shift(group) for group in spec.modes)
+  return dataclasses.replace(spec, modes=modes, batch_axes=(0,))
 
 
 def spectral_spec(spec: TuckerSpec):
-  """A callable spec: ``spec`` on the spectral weights, nothing elsewhere."""
-  return lambda params: jax.tree.map(lambda p: spec if is_spectral(p) else None, params)
+  """A callable spec: ``spec`` on the spectral weights (`stacked` if 5-D), nothing elsewhere."""
+
+  def leaf_spec(p):
+    if not is_spectral(p):
+      return None
+    return stacked(spec) if p.ndim == 5 else spec
+
+  return lambda params: jax.tree.map(leaf_spec, params)
 
 
 def adamw(learning_rate, rank, *, weight_decay, **_) -> optax.GradientTransformation:
@@ -194,7 +212,8 @@ def matched_rank(name: str, params: Any, target_bytes: int, **settings) -> int:
   spectral = [p for p in jax.tree.leaves(params) if is_spectral(p)]
   if not spectral:
     raise ValueError("the model has no spectral (complex 4-D) weights to project")
-  largest = max(max(p.shape[0], p.size // p.shape[0]) for p in spectral)
+  # The largest side of one layer's (in, out * mx * my) matrix.
+  largest = max(max(p.shape[-4], math.prod(p.shape[-3:])) for p in spectral)
 
   def state_bytes(rank: int) -> int:
     return optimizer_state_bytes(make_optimizer(name, 1e-3, rank=rank, **settings), params)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -54,6 +55,23 @@ def predict(
   return out * norm.y_std + norm.y_mean
 
 
+@jax.custom_vjp
+def conj_cotangent(x: jax.Array) -> jax.Array:
+  """The identity, whose gradient is the conjugate of the incoming one.
+
+  ``jax.grad`` of a real loss gives, for a complex parameter, the conjugate
+  of the steepest-ascent direction, and optax expects the direction itself.
+  Conjugating inside the backward pass, where each gradient is produced,
+  rather than with ``optax.tree.conj`` on the finished gradients, lets XLA
+  fuse the conjugation into the operation that writes the gradient: a
+  separate pass would hold a conjugated copy of every complex gradient.
+  """
+  return x
+
+
+conj_cotangent.defvjp(lambda x: (x, None), lambda _, g: (jnp.conj(g),))
+
+
 def make_train_step(
   graphdef: nnx.GraphDef,
   optimizer: optax.GradientTransformation,
@@ -76,12 +94,15 @@ def make_train_step(
   """
   loss_fn = losses.LOSSES[loss]
 
-  def train_step(params, opt_state, x, y):
-    value, grads = jax.value_and_grad(lambda p: loss_fn(predict(graphdef, p, norm, x), y))(params)
+  def loss_of(params, x, y):
     # For complex parameters (the spectral weights), jax.grad of a real loss
     # is the conjugate of the steepest-ascent direction: conjugate it so that
     # the optimizer descends.
-    grads = optax.tree.conj(grads)
+    params = jax.tree.map(lambda p: conj_cotangent(p) if jnp.iscomplexobj(p) else p, params)
+    return loss_fn(predict(graphdef, params, norm, x), y)
+
+  def train_step(params, opt_state, x, y):
+    value, grads = jax.value_and_grad(loss_of)(params, x, y)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
 

@@ -18,6 +18,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -152,6 +153,16 @@ def model_config(config: Config) -> model.FNOConfig:
   return dataclasses.replace(preset, **overrides)
 
 
+def model_recipe(config: Config) -> dict[str, Any]:
+  """How ``config`` trades compute for memory, as keyword arguments of `model.FNO`."""
+  return {
+    "remat": config.remat,
+    "remat_policy": config.remat_policy,
+    "scan_layers": config.scan_layers,
+    "dtype": jnp.dtype(config.activation_dtype),
+  }
+
+
 def load_data(config: Config) -> data.Dataset:
   """Reads ``config.data``, or generates (and caches) a ``config.pde`` data set.
 
@@ -228,8 +239,8 @@ def build(config: Config, ds: data.Dataset, mesh: Mesh, schedule: optax.Schedule
       x_train.shape[-1],
       y_train.shape[-1],
       resolution=x_train.shape[1:3],
-      remat=config.remat,
       rngs=nnx.Rngs(key),
+      **model_recipe(config),
     )
 
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(0)))
@@ -349,6 +360,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     steps.make_train_step(run.graphdef, run.optimizer, norm, config.loss),
     in_shardings=(run.param_shardings, run.state_shardings, batch_sharding, batch_sharding),
     out_shardings=(run.param_shardings, run.state_shardings, replicated),
+    # The old parameters and state are dead after the step: XLA updates them
+    # in place, and frees each gradient as soon as its update is applied.
+    donate_argnums=(0, 1),
   )
   eval_step = jax.jit(steps.make_eval_step(run.graphdef, norm), out_shardings=replicated)
 
