@@ -44,10 +44,40 @@ def machine() -> str:
   )
 
 
-def build_params(config: BenchConfig, *, remat: bool = False, seed: int = 0):
-  """``(graphdef, params)`` of the configured FNO (1 input and 1 output channel)."""
+# How the FNO trades compute for memory (keyword arguments of `model.FNO`), by name.
+RECIPES = {
+  "none": {},
+  # Each block, the lifting and the projection rematerialised, blocks unrolled.
+  "remat": {"remat": True},
+  # The blocks stacked and scanned, each rematerialised.
+  "remat+scan": {"remat": True, "scan_layers": True},
+  # And the lifting and projection MLPs one sample at a time.
+  "remat+scan+chunk": {"remat": True, "scan_layers": True, "pointwise_chunk": 1},
+  # And the pointwise layers in bfloat16.
+  "remat+scan+chunk+bf16": {
+    "remat": True,
+    "scan_layers": True,
+    "pointwise_chunk": 1,
+    "dtype": jnp.bfloat16,
+  },
+}
+
+
+# The recipe of the memory targets. bfloat16 is left out: XLA:CPU computes
+# bfloat16 in float32, so on CPU it adds conversions and saves nothing.
+FULL_RECIPE = "remat+scan+chunk"
+
+
+def build_params(config: BenchConfig, *, recipe: str = "none", seed: int = 0):
+  """``(graphdef, params)`` of the configured FNO (1 input and 1 output channel).
+
+  Args:
+    config: The model and batch.
+    recipe: A key of `RECIPES`.
+    seed: The initialisation's seed.
+  """
   net = config.preset.make(
-    1, 1, resolution=(config.resolution,) * 2, remat=remat, rngs=nnx.Rngs(seed)
+    1, 1, resolution=(config.resolution,) * 2, rngs=nnx.Rngs(seed), **RECIPES[recipe]
   )
   return nnx.split(net)
 
@@ -75,13 +105,26 @@ def rank_text(row: dict) -> str:
   return text
 
 
-def compiled_memory(step, *args) -> dict:
+def compiled_memory(step, *args, breakdown: bool = False) -> dict:
   """XLA's memory analysis of ``step`` compiled on ``args`` (arrays or shape structs).
 
   ``step_bytes`` is the peak estimate ``argument + output + temp - alias``:
   donated outputs alias their arguments and count once.
+
+  Args:
+    step: A jitted function.
+    *args: Its arguments.
+    breakdown: Also split XLA's peak of live buffers by `PEAK_CATEGORIES`
+      (keys ``peak_<category>_bytes`` and ``peak_bytes``), from the buffer
+      analysis XLA dumps for this one compilation (`parse_peak_breakdown`).
   """
-  analysis = step.lower(*args).compile().memory_analysis()
+  import tempfile
+
+  with tempfile.TemporaryDirectory() as directory:
+    options = {"xla_dump_to": directory} if breakdown else None
+    compiled = step.lower(*args).compile(compiler_options=options)
+    dumps = [d.read_text() for d in pathlib.Path(directory).glob("*-live-range.txt")]
+  analysis = compiled.memory_analysis()
   sizes = {
     "argument_bytes": analysis.argument_size_in_bytes,
     "output_bytes": analysis.output_size_in_bytes,
@@ -91,6 +134,11 @@ def compiled_memory(step, *args) -> dict:
   sizes["step_bytes"] = (
     sizes["argument_bytes"] + sizes["output_bytes"] + sizes["temp_bytes"] - sizes["alias_bytes"]
   )
+  if breakdown:
+    (dump,) = [d for d in dumps if "Stack trace breakdown" in d][-1:]
+    peak = parse_peak_breakdown(dump)
+    sizes.update({f"peak_{k}_bytes": v for k, v in peak.items()})
+    sizes["peak_bytes"] = sum(peak.values())
   return sizes
 
 
@@ -144,7 +192,7 @@ PEAK_CATEGORIES = {
   "saved_pointwise": "forward values of the pointwise layers and GELUs kept for the backward pass",
   "backward": "the backward pass's own values: gradients and their temporaries",
   "optimizer_update": "the optimizer's temporaries (projections, refreshes, new moments)",
-  "other": "copies and constants XLA did not attribute to an operation",
+  "other": "buffers XLA made without a JAX name: type conversions, copies, constants",
 }
 
 
@@ -190,20 +238,3 @@ def parse_peak_breakdown(text: str) -> dict[str, int]:
     current = rest.split("current: ", 1)[1].split(" bytes", 1)[0]
     sizes[_category(path)] += int(current.replace("\u202f", "").replace(" ", ""))
   return sizes
-
-
-def peak_breakdown(step, *args) -> dict[str, int]:
-  """Compiles ``step`` on ``args`` (arrays or shape structs) and splits its peak by category.
-
-  The compilation dumps XLA's buffer analysis to a temporary directory (only
-  for this compilation) and `parse_peak_breakdown` reads it. The categories
-  sum to XLA's peak, which can differ a little from `compiled_memory`'s
-  ``step_bytes``: that one adds the outputs that do not alias arguments.
-  """
-  import tempfile
-
-  with tempfile.TemporaryDirectory() as directory:
-    step.lower(*args).compile(compiler_options={"xla_dump_to": directory})
-    dumps = list(pathlib.Path(directory).glob("*-live-range.txt"))
-    (dump,) = [d for d in dumps if "Stack trace breakdown" in d.read_text()][-1:]
-    return parse_peak_breakdown(dump.read_text())

@@ -4,7 +4,8 @@ Two measurements that need an accelerator (on CPU, ``memory_stats()`` is None):
 
 * ``peak``: one process per row trains ``--steps`` real steps (params and state
   donated) and reports ``jax.devices()[0].memory_stats()['peak_bytes_in_use']``,
-  for adamw and tensor_galore, with and without remat. One process per row, since
+  for adamw and tensor_galore, with no memory recipe and with the full one
+  (``remat+scan+chunk``, see `common.RECIPES`). One process per row, since
   the peak is a high-water mark over the process's life.
 * ``width``: the largest hidden width (modes, batch and resolution fixed) whose
   train step fits in device memory, per optimizer: a bisection over widths, each
@@ -34,18 +35,19 @@ from benchmarks import common
 from examples.fno.steps import make_train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FULL_RECIPE = common.FULL_RECIPE
 
 
-def _one_row(config_name, optimizer_name, rank, remat, width, steps, compile_only):
+def _one_row(config_name, optimizer_name, rank, recipe, width, steps, compile_only):
   """Runs in a fresh process: prints one JSON row."""
   config = common.CONFIGS[config_name]
   if width:
     config = dataclasses.replace(config, preset=dataclasses.replace(config.preset, width=width))
-  graphdef, params = common.build_params(config, remat=remat)
+  graphdef, params = common.build_params(config, recipe=recipe)
   optimizer, _ = common.make_optimizer(optimizer_name, rank, params)
   step = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=(0, 1))
   x_shape, _ = common.abstract_batch(config)
-  row = {"optimizer": optimizer_name, "rank": rank, "remat": remat, "width": config.preset.width}
+  row = {"optimizer": optimizer_name, "rank": rank, "recipe": recipe, "width": config.preset.width}
   device = jax.devices()[0]
   if compile_only:
     state_shape = jax.eval_shape(optimizer.init, params)
@@ -87,51 +89,53 @@ def _spawn(args: list[str]) -> dict | None:
 
 def peak(config_name: str, rank: float, steps: int) -> list[dict]:
   rows = []
-  for remat in (False, True):
+  for recipe in ("none", FULL_RECIPE):
     for name in ("adamw", "tensor_galore"):
-      row = _spawn([config_name, name, str(rank), str(int(remat)), "0", str(steps), "0"])
+      row = _spawn([config_name, name, str(rank), recipe, "0", str(steps), "0"])
       if row:
         rows.append(row)
         print(
-          f"  {name:14s} remat={remat!s:5s} peak {row['peak_bytes_in_use'] / 2**30:.2f} GiB",
+          f"  {name:14s} {recipe:18s} peak {row['peak_bytes_in_use'] / 2**30:.2f} GiB",
           flush=True,
         )
   return rows
 
 
-def fits(config_name, name, rank, width) -> dict | None:
-  row = _spawn([config_name, name, str(rank), "0", str(width), "1", "1"])
+def fits(config_name, name, rank, recipe, width) -> dict | None:
+  row = _spawn([config_name, name, str(rank), recipe, str(width), "1", "1"])
   if row is None or row["bytes_limit"] is None:
     return None
   return row if row["step_bytes"] <= row["bytes_limit"] else None
 
 
-def widest(config_name: str, name: str, rank: float, low: int, high: int, step: int) -> dict:
+def widest(
+  config_name: str, name: str, rank: float, recipe: str, low: int, high: int, step: int
+) -> dict:
   """Bisection on the width (multiples of ``step``) by compiled step size."""
   best = None
   while low <= high:
     mid = (low + high) // (2 * step) * step
-    row = fits(config_name, name, rank, mid)
-    print(f"  {name:14s} width {mid:5d}: {'fits' if row else 'does not fit'}", flush=True)
+    row = fits(config_name, name, rank, recipe, mid)
+    print(
+      f"  {name:14s} {recipe:18s} width {mid:5d}: {'fits' if row else 'does not fit'}", flush=True
+    )
     if row:
       best, low = row, mid + step
     else:
       high = mid - step
   if best is not None:
-    ran = _spawn([config_name, name, str(rank), "0", str(best["width"]), "1", "0"])
+    ran = _spawn([config_name, name, str(rank), recipe, str(best["width"]), "1", "0"])
     best["ran_one_step"] = ran is not None
     if ran:
       best["peak_bytes_in_use"] = ran["peak_bytes_in_use"]
-  return {"optimizer": name, "rank": rank, "widest": best}
+  return {"optimizer": name, "rank": rank, "recipe": recipe, "widest": best}
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if argv and argv[0] == "row":
-    c, name, rank, remat, width, steps, compile_only = argv[1:]
-    _one_row(
-      c, name, float(rank), bool(int(remat)), int(width), int(steps), bool(int(compile_only))
-    )
+    c, name, rank, recipe, width, steps, compile_only = argv[1:]
+    _one_row(c, name, float(rank), recipe, int(width), int(steps), bool(int(compile_only)))
     return 0
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
@@ -149,7 +153,9 @@ def main(argv=None) -> int:
   else:
     low, high, step = (int(v) for v in args.widths.split(","))
     result = [
-      widest(args.config, name, args.rank, low, high, step) for name in ("adamw", "tensor_galore")
+      widest(args.config, name, args.rank, recipe, low, high, step)
+      for recipe in ("none", FULL_RECIPE)
+      for name in ("adamw", "tensor_galore")
     ]
   print(json.dumps(result, indent=2))
   if args.out:

@@ -227,6 +227,7 @@ def test_every_field_is_a_flag_with_the_config_default():
     "--remat",
     "--remat-policy",
     "--scan-layers",
+    "--pointwise-chunk",
     "--activation-dtype",
     "--epochs",
     "--batch-size",

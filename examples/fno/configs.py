@@ -121,6 +121,13 @@ class Config:
   scan_layers: bool = _field(
     False, "stack the Fourier blocks' parameters on a layer axis and run them with one scan"
   )
+  pointwise_chunk: int | None = _field(
+    None,
+    "run the lifting and projection MLPs on this many samples at a time (with --remat, their "
+    "backward pass holds one chunk's activations)",
+    metavar="N",
+    bound="positive",
+  )
   activation_dtype: str = _field(
     "float32",
     "dtype of the pointwise layers and GELUs (FFTs stay in float32)",

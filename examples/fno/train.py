@@ -159,6 +159,7 @@ def model_recipe(config: Config) -> dict[str, Any]:
     "remat": config.remat,
     "remat_policy": config.remat_policy,
     "scan_layers": config.scan_layers,
+    "pointwise_chunk": config.pointwise_chunk,
     "dtype": jnp.dtype(config.activation_dtype),
   }
 

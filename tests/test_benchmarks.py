@@ -1,0 +1,80 @@
+"""Tests for the benchmarks' own machinery: XLA's peak breakdown and the memory recipes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from benchmarks import common, memory
+
+
+def test_peak_breakdown_sums_to_the_peak_and_sorts_forward_backward_and_optimizer():
+  def loss(params, x):
+    with jax.named_scope("spectral"):
+      h = jnp.tanh(x @ params["w"])
+    return jnp.sum(jnp.tanh(h @ params["v"]) ** 2)
+
+  optimizer = optax.adam(1e-3)
+
+  def step(params, state, x):
+    grads = jax.grad(loss)(params, x)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  params = {"w": jnp.ones((256, 256)), "v": jnp.ones((256, 256))}
+  x = jnp.ones((1024, 256))
+  jitted = jax.jit(step, donate_argnums=(0, 1))
+  sizes = common.compiled_memory(jitted, params, optimizer.init(params), x, breakdown=True)
+  peak = {k: sizes[f"peak_{k}_bytes"] for k in common.PEAK_CATEGORIES}
+  assert sizes["peak_bytes"] == sum(peak.values()) > 0
+  # The peak is in the backward pass: the forward's tanh outputs (1024 x 256
+  # floats each, one of them in the "spectral" scope) are live there.
+  assert peak["saved_spectral"] >= 1024 * 256 * 4
+  assert peak["params"] + peak["optimizer_state"] + peak["optimizer_update"] > 0
+  assert sizes["step_bytes"] >= sizes["peak_bytes"] - sizes["argument_bytes"]
+
+
+def test_parse_peak_breakdown_reads_xla_names_and_nested_parameters():
+  text = """Live ranges at 3 (peak):
+  Stack trace breakdown for peak usage: 1 700 bytes
+    main.1 (100.0%, total: 1 700 bytes, current: 0 bytes, remaining: 1 700 bytes)
+      ├── jit(f)/jvp(spectral)/fft (10%, total: 100 bytes, current: 100 bytes, remaining: 1 600 bytes)
+      ├── jit(f)/jvp()/tanh (10%, total: 200 bytes, current: 200 bytes, remaining: 1 400 bytes)
+      ├── jit(f)/transpose(jvp())/add_any (10%, total: 300 bytes, current: 300 bytes, remaining: 1 100 bytes)
+      ├── jit(f)/cond/branch_1_fun/qr (10%, total: 400 bytes, current: 400 bytes, remaining: 700 bytes)
+      ├── params (10%, total: 500 bytes, current: 0 bytes, remaining: 700 bytes)
+      │   └── w (10%, total: 500 bytes, current: 500 bytes, remaining: 200 bytes)
+      ├── opt_state[0].mu['w'] (10%, total: 150 bytes, current: 150 bytes, remaining: 50 bytes)
+      └── copy.3 (10%, total: 50 bytes, current: 50 bytes, remaining: 0 bytes)
+"""
+  sizes = common.parse_peak_breakdown(text)
+  assert sizes == {
+    "params": 500,
+    "optimizer_state": 150,
+    "batch": 0,
+    "saved_spectral": 100,
+    "saved_pointwise": 200,
+    "backward": 300,
+    "optimizer_update": 400,
+    "other": 50,
+  }
+
+
+@pytest.mark.slow
+def test_memory_rows_compare_recipes_on_the_small_model():
+  rows = memory.rows_for("small", ranks=(0.25,), recipes=("none", common.FULL_RECIPE))
+  by = {(r["recipe"], r["optimizer"]): r for r in rows}
+  assert len(rows) == 6
+  for recipe in ("none", common.FULL_RECIPE):
+    assert by[(recipe, "adamw")]["step_vs_adamw"] == 1.0
+    assert by[(recipe, "tensor_galore")]["state_vs_adamw"] < 0.35
+  # Same parameters in both layouts: the recipe moves activations, not weights.
+  assert by[("none", "adamw")]["params_bytes"] == by[(common.FULL_RECIPE, "adamw")]["params_bytes"]
+  # On the small model the activations dominate: the recipe shrinks every step.
+  for name in ("adamw", "tensor_galore"):
+    assert by[(common.FULL_RECIPE, name)]["step_bytes"] < 0.8 * by[("none", name)]["step_bytes"]
+  np.testing.assert_allclose(
+    by[(common.FULL_RECIPE, "adamw")]["step_vs_plain_adamw"],
+    by[(common.FULL_RECIPE, "adamw")]["step_bytes"] / by[("none", "adamw")]["step_bytes"],
+  )
