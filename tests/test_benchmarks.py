@@ -38,15 +38,15 @@ def test_peak_breakdown_sums_to_the_peak_and_sorts_forward_backward_and_optimize
 def test_parse_peak_breakdown_reads_xla_names_and_nested_parameters():
   text = """Live ranges at 3 (peak):
   Stack trace breakdown for peak usage: 1 700 bytes
-    main.1 (100.0%, total: 1 700 bytes, current: 0 bytes, remaining: 1 700 bytes)
-      ├── jit(f)/jvp(spectral)/fft (10%, total: 100 bytes, current: 100 bytes, remaining: 1 600 bytes)
-      ├── jit(f)/jvp()/tanh (10%, total: 200 bytes, current: 200 bytes, remaining: 1 400 bytes)
-      ├── jit(f)/transpose(jvp())/add_any (10%, total: 300 bytes, current: 300 bytes, remaining: 1 100 bytes)
-      ├── jit(f)/cond/branch_1_fun/qr (10%, total: 400 bytes, current: 400 bytes, remaining: 700 bytes)
-      ├── params (10%, total: 500 bytes, current: 0 bytes, remaining: 700 bytes)
-      │   └── w (10%, total: 500 bytes, current: 500 bytes, remaining: 200 bytes)
-      ├── opt_state[0].mu['w'] (10%, total: 150 bytes, current: 150 bytes, remaining: 50 bytes)
-      └── copy.3 (10%, total: 50 bytes, current: 50 bytes, remaining: 0 bytes)
+    main.1 (100.0%, total: 1 700 bytes, current: 0 bytes)
+      ├── jit(f)/jvp(spectral)/fft (10%, total: 100 bytes, current: 100 bytes)
+      ├── jit(f)/jvp()/tanh (10%, total: 200 bytes, current: 200 bytes)
+      ├── jit(f)/transpose(jvp())/add_any (10%, total: 300 bytes, current: 300 bytes)
+      ├── jit(f)/cond/branch_1_fun/qr (10%, total: 400 bytes, current: 400 bytes)
+      ├── params (10%, total: 500 bytes, current: 0 bytes)
+      │   └── w (10%, total: 500 bytes, current: 500 bytes)
+      ├── opt_state[0].mu['w'] (10%, total: 150 bytes, current: 150 bytes)
+      └── copy.3 (10%, total: 50 bytes, current: 50 bytes)
 """
   sizes = common.parse_peak_breakdown(text)
   assert sizes == {
