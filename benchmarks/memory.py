@@ -53,14 +53,19 @@ def compiled_step_memory(config, optimizer, graphdef, params) -> dict:
   }
 
 
-def rows_for(config_name: str, ranks=RANKS, recipes=RECIPES) -> list[dict]:
-  """One row per recipe, optimizer and rank (every rank with ``none``, the first otherwise)."""
+def rows_for(
+  config_name: str, ranks=RANKS, recipes=RECIPES, projected=("galore", "tensor_galore")
+) -> list[dict]:
+  """One row per recipe, optimizer and rank (every rank with ``none``, the first otherwise).
+
+  AdamW comes first in every recipe, then each optimizer of ``projected``.
+  """
   config = common.CONFIGS[config_name]
   rows = []
   for recipe in recipes:
     graphdef, params = common.build_params(config, recipe=recipe)
     recipe_ranks = ranks if recipe == "none" else ranks[:1]
-    plan = [("adamw", None)] + [(n, r) for r in recipe_ranks for n in ("galore", "tensor_galore")]
+    plan = [("adamw", None)] + [(n, r) for r in recipe_ranks for n in projected]
     for name, rank in plan:
       optimizer, used_rank = common.make_optimizer(name, rank or ranks[0], params)
       row = {"config": config_name, "recipe": recipe, "optimizer": name, "rank": rank}
