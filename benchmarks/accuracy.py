@@ -13,12 +13,14 @@ Usage, from the repository root::
       --optimizers adamw,galore,tensor_galore,tensor_galore_factored \\
       --out benchmarks/results/accuracy.json
 
-``--lr adamw=3e-3,tensor_galore=6e-3`` sets a learning rate per optimizer (the
+``--collect`` tabulates the runs already finished beside ``--out`` without
+training. ``--lr adamw=3e-3,tensor_galore=6e-3`` sets a learning rate per optimizer (the
 others keep the example's); ``--epochs`` sets the budget of every run.
 """
 
 import argparse
 import dataclasses
+import json
 import pathlib
 import statistics
 import sys
@@ -102,6 +104,15 @@ def summarise(runs: list[dict]) -> list[dict]:
   return rows
 
 
+def _finished(plan) -> list[tuple]:
+  """``(config, metrics)`` per run of ``plan``, ``metrics`` ``None`` where it has not finished."""
+  results = []
+  for config in plan:
+    path = pathlib.Path(config.out) / "metrics.json"
+    results.append((config, json.loads(path.read_text()) if path.is_file() else None))
+  return results
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0]
@@ -119,6 +130,12 @@ def main(argv=None) -> int:
   replace = parser.add_mutually_exclusive_group()
   replace.add_argument(
     "--overwrite", action="store_true", help="replace the runs already beside --out"
+  )
+  replace.add_argument(
+    "--collect",
+    action="store_true",
+    help="train nothing: tabulate the finished runs beside --out (their metrics.json), "
+    "skipping those that are missing",
   )
   replace.add_argument(
     "--resume",
@@ -162,7 +179,11 @@ def main(argv=None) -> int:
   ]
   runs = []
   task_of = [t for t in tasks for _ in names for _ in args.seeds.split(",")]
-  for task, (config, metrics) in zip(task_of, common.train_all(parser, plan)):
+  results = _finished(plan) if args.collect else common.train_all(parser, plan)
+  for task, (config, metrics) in zip(task_of, results):
+    if metrics is None:
+      print(f"{task} {config.optimizer} seed {config.seed}: not run (no {config.out}/metrics.json)")
+      continue
     runs.append(
       {
         "task": task,

@@ -359,6 +359,15 @@ def test_accuracy_benchmark_writes_a_table_per_task_and_optimizer(tmp_path):
   assert "| ns64 | tensor_galore_factored |" in out.with_suffix(".md").read_text()
   assert out.with_name("accuracy_ns64.png").stat().st_size > 0
 
+  # --collect tabulates the finished runs beside --out without training.
+  (tmp_path / "accuracy_ns64_adamw_1").mkdir()  # seed 1 never finished
+  collected = tmp_path / "collected.json"
+  argv_collect = [a if a != str(out) else str(collected) for a in argv] + ["--collect"]
+  argv_collect[argv_collect.index("0")] = "0,1"
+  assert accuracy.main(argv_collect) == 0
+  again = json.loads(collected.read_text())
+  assert [r["test_rel_l2"] for r in again["runs"]] == [r["test_rel_l2"] for r in results["runs"]]
+
 
 def _unstacked(tree: dict, n: int) -> dict:
   """A scanned FNO's pure dict in the unrolled layout: ``blocks`` split into ``n`` layers."""
