@@ -219,6 +219,7 @@ def test_every_field_is_a_flag_with_the_config_default():
     "--rank",
     "--tensor-rank",
     "--update-proj-gap",
+    "--scale",
     "--moment-policy",
     "--refresh-method",
     "--preset",

@@ -94,6 +94,12 @@ class Config:
   update_proj_gap: int = _field(
     100, "steps between factor refreshes", metavar="T", bound="positive"
   )
+  scale: float = _field(
+    1.0,
+    "multiplies the back-projected update of the projected weights (GaLore's alpha; not AdamW)",
+    metavar="A",
+    bound="positive",
+  )
   moment_policy: str = _field(
     "keep", "what Adam's moments do at a refresh", choices=MOMENT_POLICIES
   )

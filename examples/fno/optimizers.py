@@ -78,7 +78,7 @@ def spectral_spec(spec: TuckerSpec):
 
 
 def adamw(learning_rate, rank, *, weight_decay, **_) -> optax.GradientTransformation:
-  """``optax.adamw``; the rank and the projection settings do not apply."""
+  """``optax.adamw``; the rank and the projection settings (and ``scale``) do not apply."""
   del rank
   return optax.adamw(learning_rate, weight_decay=weight_decay)
 
@@ -161,6 +161,7 @@ def make_optimizer(
   update_proj_gap: int = 200,
   moment_policy: str = "keep",
   refresh_method: str = "sthosvd",
+  scale: float = 1.0,
 ) -> optax.GradientTransformation:
   """One of `OPTIMIZERS`, all AdamW with the same hyper-parameters.
 
@@ -173,6 +174,8 @@ def make_optimizer(
     update_proj_gap: Steps between factor refreshes.
     moment_policy: What Adam's moments do at a refresh (see `tensor_galore`).
     refresh_method: How factors are recomputed (see `tensor_galore`).
+    scale: Multiplies the back-projected update of the projected weights
+      (see `tensor_galore`); unused by ``adamw``.
 
   Returns:
     The optimizer.
@@ -187,6 +190,7 @@ def make_optimizer(
     update_proj_gap=update_proj_gap,
     moment_policy=moment_policy,
     refresh_method=refresh_method,
+    scale=scale,
   )
 
 

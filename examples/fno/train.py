@@ -136,6 +136,7 @@ def build_optimizer(
       update_proj_gap=config.update_proj_gap,
       moment_policy=config.moment_policy,
       refresh_method=config.refresh_method,
+      scale=config.scale,
     )
   except (TypeError, ValueError) as e:
     # The factories check their static arguments before building anything.
