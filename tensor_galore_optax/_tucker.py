@@ -11,7 +11,6 @@ Python here, so it runs once per trace and never inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -169,11 +168,13 @@ def batched(fn: Callable, batch_ndim: int, *, sequential: bool = False) -> Calla
       ``jax.vmap`` (all indices at once).
   """
   for _ in range(batch_ndim):
-    if sequential:
-      fn = functools.partial(lambda f, *args: jax.lax.map(lambda a: f(*a), args), fn)
-    else:
-      fn = jax.vmap(fn)
+    fn = _one_after_another(fn) if sequential else jax.vmap(fn)
   return fn
+
+
+def _one_after_another(fn: Callable) -> Callable:
+  """``fn`` mapped over the leading axis of its arguments with ``jax.lax.map``."""
+  return lambda *args: jax.lax.map(lambda a: fn(*a), args)
 
 
 @dataclasses.dataclass(frozen=True)
