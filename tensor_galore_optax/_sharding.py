@@ -219,6 +219,7 @@ def optimizer_state_shardings(
           count=replicated,
           factors=jax.tree.map(lambda _: replicated, x.factors),
           base_optimizer_state=assign(x.base_optimizer_state),
+          residual_norms=jax.tree.map(lambda _: replicated, x.residual_norms),
         )
       if params_shaped(x):
         return per_parameter(x)

@@ -37,6 +37,12 @@ CoreBasis = Literal["singular", "mixed"]
 CORE_BASES: tuple[str, ...] = typing.get_args(CoreBasis)
 """The core bases, the paper's (``"singular"``) first."""
 
+Residual = Literal["drop", "scaled"]
+"""What happens to the gradient outside the projected subspace; see `tensor_galore`."""
+
+RESIDUALS: tuple[str, ...] = typing.get_args(Residual)
+"""The residual policies, the paper's (``"drop"``) first."""
+
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
 SpecLike = TuckerSpec | optax.Params | Callable[[optax.Params], Any] | None
@@ -52,11 +58,16 @@ class TensorGaLoreState(NamedTuple):
       ``()`` for leaves that are not projected.
     base_optimizer_state: The base optimizer's state on the tree of cores
       (projected leaves) and full gradients (the other leaves).
+    residual_norms: One entry per parameter leaf: with ``residual="scaled"``,
+      the norm of the last residual term of a projected leaf (one real
+      scalar per index of its batch axes, 0 before the first step); ``()``
+      for the other leaves and with ``residual="drop"``.
   """
 
   count: jax.Array
   factors: optax.Params
   base_optimizer_state: optax.OptState
+  residual_norms: optax.Params
 
 
 def _map_plans(fn: Callable, plans, tree, *rest):
@@ -241,13 +252,64 @@ def _project_leaf(plan: TuckerPlan | None, grad, factors):
   return plan.project(tensor.astype(work), factors).astype(grad.dtype)
 
 
-def _back_project_leaf(plan: TuckerPlan | None, update, factors, grad, *, scale):
-  """The full-size update of a core update, times ``scale`` (projected leaves only)."""
+def _init_residual_norm(plan: TuckerPlan | None, param, *, residual, factor_dtype):
+  if plan is None or residual == "drop":
+    return ()
+  real = jnp.finfo(_factor_dtype(param.dtype, factor_dtype)).dtype
+  return jnp.zeros(plan.batch_shape, real)
+
+
+def _safe_divide(numerator, denominator):
+  """``numerator / denominator``, 0 where the denominator is 0."""
+  nonzero = denominator > 0
+  return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1), 0)
+
+
+def _norm(x, axes, keepdims=False):
+  return jnp.sqrt(jnp.sum(jnp.abs(x) ** 2, axis=axes, keepdims=keepdims))
+
+
+def _scaled_residual(plan: TuckerPlan, tensor, core, core_update, factors, last_norm, max_growth):
+  """Fira's term for the gradient outside the subspace, and its norm.
+
+  The residual ``G - B(C)`` (``C`` the core of ``G``, ``B`` the
+  back-projection) is scaled by ``|base step| / |C|``, the factor by which
+  the base optimizer lengthened the projected gradient, computed per slice
+  along every axis that is not projected (per column of a one-sided matrix,
+  as in Fira; per layer of a stacked leaf); then, per index of the batch
+  axes, its norm may grow by at most ``max_growth`` per step.
+  """
+  batch = len(plan.batch_shape)
+  projected = tuple(batch + n for n in plan.projected_modes)
+  ratio = _safe_divide(
+    _norm(core_update, projected, keepdims=True), _norm(core, projected, keepdims=True)
+  )
+  term = ratio * (tensor - plan.back_project(core.astype(tensor.dtype), factors))
+  per_batch = tuple(range(batch, term.ndim))
+  norm = _norm(term, per_batch)
+  # At most `max_growth` times the last norm; no limit before the first step.
+  shrink = jnp.maximum(_safe_divide(norm, max_growth * last_norm), 1).astype(norm.dtype)
+  shrink = jnp.where(last_norm > 0, shrink, 1)
+  term = term / jnp.expand_dims(shrink, per_batch).astype(term.dtype)
+  return term, (norm / shrink).astype(last_norm.dtype)
+
+
+def _back_project_leaf(
+  plan: TuckerPlan | None, update, factors, grad, core, last_norm, *, scale, residual, max_growth
+):
+  """The full-size update of a core update, times ``scale``, and the residual's norm.
+
+  Leaves that are not projected pass through.
+  """
   if plan is None:
-    return update
+    return update, last_norm
   work = jnp.result_type(update, *factors)
-  full = plan.from_tensor(plan.back_project(update.astype(work), factors))
-  return (scale * full).astype(grad.dtype)
+  full = plan.back_project(update.astype(work), factors)
+  if residual == "scaled":
+    tensor = plan.to_tensor(grad).astype(work)
+    term, last_norm = _scaled_residual(plan, tensor, core, update, factors, last_norm, max_growth)
+    full = full + term
+  return (scale * plan.from_tensor(full)).astype(grad.dtype), last_norm
 
 
 def _transport_leaf(plan: TuckerPlan | None, moment, old, new, *, second_order):
@@ -287,6 +349,8 @@ def tensor_galore(
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
   core_basis: CoreBasis = "singular",
+  residual: Residual = "drop",
+  max_residual_growth: float = 1.01,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -376,6 +440,18 @@ def tensor_galore(
       projection, the truncation and the memory are the same. It helps
       on some problems and hurts on others (on the FNO example it is
       worse; see the docs' benchmarks): measure before switching.
+    residual: What happens to the part of the gradient outside the subspace,
+      \(G - C \times_1 U_1 \cdots \times_N U_N\). ``"drop"`` (the paper's,
+      as GaLore): it is not applied. ``"scaled"`` (Fira): it is added to the
+      update, scaled by how much the base optimizer lengthened the projected
+      gradient, \(\lVert B(C) \rVert / \lVert C \rVert\), computed per slice
+      along every axis that is not projected (per column of a one-sided
+      matrix, per layer of a stacked leaf, once for a tensor projected on
+      every mode). No extra state but one norm per leaf (per layer).
+    max_residual_growth: With ``residual="scaled"``, the norm of a leaf's
+      residual term may grow by at most this factor from one step to the
+      next (Fira's norm-growth limiter, against spikes); larger terms are
+      shrunk to it.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -401,6 +477,9 @@ def tensor_galore(
 
     Zhao et al., [GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
     Projection](https://arxiv.org/abs/2403.03507), 2024.
+
+    Chen et al., [Fira: Can We Achieve Full-rank Training of LLMs Under
+    Low-rank Constraint?](https://arxiv.org/abs/2410.01623), 2024.
   """
   if base_optimizer is None:
     base_optimizer = optax.scale_by_adam()
@@ -409,6 +488,10 @@ def tensor_galore(
   )
   if core_basis not in CORE_BASES:
     raise ValueError(f"core_basis must be one of {CORE_BASES}, got {core_basis!r}.")
+  if residual not in RESIDUALS:
+    raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}.")
+  if not isinstance(max_residual_growth, jax.Array) and not max_residual_growth >= 1:
+    raise ValueError(f"max_residual_growth must be at least 1, got {max_residual_growth!r}.")
   base = optax.with_extra_args_support(base_optimizer)
   plans_of = functools.partial(_plans, spec=spec, rank=rank, min_size=min_size)
 
@@ -418,14 +501,19 @@ def tensor_galore(
     cores = _zeros(_map_plans(_core_struct, plans, params))
     base_state = base.init(cores)
     _check_base_optimizer(base, cores, base_state, moment_policy)
+    init_norm = functools.partial(_init_residual_norm, residual=residual, factor_dtype=factor_dtype)
     return TensorGaLoreState(
-      jnp.zeros([], jnp.int32), _map_plans(init_factors, plans, params), base_state
+      jnp.zeros([], jnp.int32),
+      _map_plans(init_factors, plans, params),
+      base_state,
+      _map_plans(init_norm, plans, params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params  # The projection needs none; weight decay belongs outside.
     plans = plans_of(updates)
     held = _held_factors_tree(plans, updates, state.factors)
+    last_norms = _held_residual_norms(plans, updates, state.residual_norms, residual)
     cores_like = _map_plans(_core_struct, plans, updates)
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     now = state.count % update_proj_gap == 0
@@ -440,9 +528,15 @@ def tensor_galore(
     )
     cores = _map_plans(_project_leaf, plans, updates, factors)
     core_updates, base_state = base.update(cores, base_state, None, **extra_args)
-    back_project = functools.partial(_back_project_leaf, scale=scale)
-    new_updates = _map_plans(back_project, plans, core_updates, factors, updates)
-    return new_updates, TensorGaLoreState(optax.safe_increment(state.count), factors, base_state)
+    back_project = functools.partial(
+      _back_project_leaf, scale=scale, residual=residual, max_growth=max_residual_growth
+    )
+    pairs = _map_plans(back_project, plans, core_updates, factors, updates, cores, last_norms)
+    new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
+    residual_norms = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
+    return new_updates, TensorGaLoreState(
+      optax.safe_increment(state.count), factors, base_state, residual_norms
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
 
@@ -456,6 +550,29 @@ def _held_factors_tree(plans, updates, factors):
   return treedef.unflatten(
     _held_factors(path, plan, grad, held)
     for (path, grad), plan, held in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
+  )
+
+
+def _held_residual_norms(plans, updates, norms, residual):
+  """The state's residual norms as a tree like ``updates``, checked leaf by leaf."""
+  paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
+  per_leaf = _per_leaf(treedef, norms, "updates do not match the state's residual norms")
+
+  def held(path, plan, norm):
+    wanted = None if plan is None or residual == "drop" else plan.batch_shape
+    if wanted is None and not jax.tree.leaves(norm):
+      return ()
+    if wanted is not None and tuple(getattr(norm, "shape", (None,))) == wanted:
+      return norm
+    needs = "no residual norm" if wanted is None else f"a residual norm of shape {wanted}"
+    raise ValueError(
+      f"{_path(path)}: residual={residual!r} needs {needs} but the state holds {norm!r}; was "
+      "the state initialised for other params or with another residual setting?"
+    )
+
+  return treedef.unflatten(
+    held(path, plan, norm)
+    for (path, _), plan, norm in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
   )
 
 
@@ -515,6 +632,8 @@ def tensor_galore_adamw(
   factor_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
   core_basis: CoreBasis = "singular",
+  residual: Residual = "drop",
+  max_residual_growth: float = 1.01,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -553,6 +672,8 @@ def tensor_galore_adamw(
     factor_dtype: ``None``, float32 or float64; see `tensor_galore`.
     nesterov: Whether to use Nesterov momentum in Adam.
     core_basis: ``"singular"`` or ``"mixed"``; see `tensor_galore`.
+    residual: ``"drop"`` or ``"scaled"`` (Fira); see `tensor_galore`.
+    max_residual_growth: Fira's norm-growth limit; see `tensor_galore`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -593,6 +714,8 @@ def tensor_galore_adamw(
       moment_policy=moment_policy,
       factor_dtype=factor_dtype,
       core_basis=core_basis,
+      residual=residual,
+      max_residual_growth=max_residual_growth,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

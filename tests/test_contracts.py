@@ -246,8 +246,10 @@ def test_a_moment_of_the_wrong_shape_is_reported_wherever_it_is_nested():
 # --- Stacked layers (batch axes) -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", ["keep", "rotate"])
-def test_batch_axes_give_each_layer_its_own_factors_like_separate_leaves(policy):
+@pytest.mark.parametrize(
+  ("policy", "residual"), [("keep", "drop"), ("rotate", "drop"), ("keep", "scaled")]
+)
+def test_batch_axes_give_each_layer_its_own_factors_like_separate_leaves(policy, residual):
   layers = 3
   key = jax.random.key(5)
   grads = [_complex_normal(jax.random.fold_in(key, k), (layers, 6, 5, 4)) for k in range(3)]
@@ -258,9 +260,10 @@ def test_batch_axes_give_each_layer_its_own_factors_like_separate_leaves(policy)
     moment_policy=policy,
     min_size=1,
     spec=TuckerSpec(batch_axes=(0,)),
+    residual=residual,
   )
   separate = tensor_galore_adamw(
-    1e-2, rank=0.5, update_proj_gap=2, moment_policy=policy, min_size=1
+    1e-2, rank=0.5, update_proj_gap=2, moment_policy=policy, min_size=1, residual=residual
   )
   params = jnp.zeros((layers, 6, 5, 4), jnp.complex64)
   s_stacked = stacked.init({"w": params})
@@ -278,6 +281,11 @@ def test_batch_axes_give_each_layer_its_own_factors_like_separate_leaves(policy)
   for i in range(layers):
     for a, b in zip(s_stacked[0].factors["w"], s_separate[0].factors[f"w{i}"]):
       chex.assert_trees_all_close(a[i], b, atol=1e-5)
+    if residual == "scaled":  # one limiter per layer
+      stacked_norms = s_stacked[0].residual_norms["w"]
+      chex.assert_trees_all_close(
+        stacked_norms[i], s_separate[0].residual_norms[f"w{i}"], rtol=1e-5
+      )
 
 
 # --- One refresh per leaf ------------------------------------------------------------------------
@@ -396,11 +404,11 @@ def _flax_data():
   return x, jnp.sin(x)
 
 
-def test_flax_nnx_optimizer_trains_under_jit():
+@pytest.mark.parametrize("residual", ["drop", "scaled"])
+def test_flax_nnx_optimizer_trains_under_jit(residual):
   nnx, model = _flax_model()
-  optimizer = nnx.Optimizer(
-    model, tensor_galore_adamw(1e-2, rank=0.5, min_size=1, update_proj_gap=3), wrt=nnx.Param
-  )
+  tx = tensor_galore_adamw(1e-2, rank=0.5, min_size=1, update_proj_gap=3, residual=residual)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x, y = _flax_data()
   loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
 

@@ -15,6 +15,9 @@ other leaf keeps full-size Adam moments.
 * ``tensor_galore_mixed``: Tensor-GaLore with ``core_basis="mixed"``: the same
   subspaces, the cores' coordinates rotated so that Adam does not normalise
   the leading singular directions one by one.
+* ``tensor_galore_fira``: Tensor-GaLore with ``residual="scaled"``: the part of
+  each gradient outside the subspace is added back, scaled by how much Adam
+  lengthened the projected gradient (Fira).
 * ``tensor_galore_factored``: Tensor-GaLore with Adam's normalisation kept in
   the weights' own coordinates: each gradient is first divided by the root of
   a per-mode factored mean square (`scale_by_factored_rms`), then projected,
@@ -142,6 +145,7 @@ OPTIMIZERS: dict[str, Variant] = {
   "galore": Variant(projected(MATRIX), default_rank="matched"),
   "tensor_galore": Variant(projected(TUCKER)),
   "tensor_galore_mixed": Variant(projected(TUCKER, core_basis="mixed")),
+  "tensor_galore_fira": Variant(projected(TUCKER, residual="scaled")),
   "tensor_galore_factored": Variant(factored(TUCKER)),
 }
 
