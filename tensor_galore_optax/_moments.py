@@ -80,3 +80,32 @@ def check_shapes(state, cores_like) -> None:
           f"{tuple(core.shape)} but the state's `{name}` holds {tuple(moment.shape)}; was the "
           "state initialised for other params?"
         )
+
+
+def real_second_moments(init: Callable[[Any], Any], update: Callable, cores_like) -> Callable:
+  """``init`` whose second moments of complex cores are real.
+
+  A second moment averages squared magnitudes, so its imaginary part is zero;
+  optax's ``scale_by_adam`` still stores it complex, as it initialises every
+  moment like the updates. Stored real it takes half the bytes, and Adam's
+  update keeps it real: real scalars times ``|g|^2`` stay real. That is
+  checked, not assumed: if one ``update`` from the real state would turn any
+  moment back to complex (another optimizer, another rule), ``init`` is
+  returned unchanged.
+  """
+
+  def real_init(cores):
+    def to_real(name, moments):
+      if not is_second_order(name):
+        return moments
+      return jax.tree.map(
+        lambda m: m.real if jnp.iscomplexobj(m) else m, moments, is_leaf=_is_masked
+      )
+
+    return map_moments(to_real, init(cores), cores_like)
+
+  abstract_cores = jax.tree.map(lambda c: jax.ShapeDtypeStruct(c.shape, c.dtype), cores_like)
+  state = jax.eval_shape(real_init, abstract_cores)
+  _, updated = jax.eval_shape(lambda c, s: update(c, s, None), abstract_cores, state)
+  kept = jax.tree.map(lambda a, b: a.dtype == b.dtype, state, updated)
+  return real_init if all(jax.tree.leaves(kept)) else init

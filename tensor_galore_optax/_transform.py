@@ -322,13 +322,12 @@ def _transport_leaf(plan: TuckerPlan | None, moment, old, new, *, second_order):
     return moment
 
   def transport(x, old, new):
-    work = jnp.result_type(x, *old)
-    x = x.astype(work)
     for n, u_old, u_new in zip(plan.projected_modes, old, new):
       change = u_new.conj().T @ u_old
-      if second_order:
+      if second_order:  # real, like the moment
         change = jnp.abs(change) ** 2
-      x = _tucker.mode_dot(x, change.T.astype(work), n)
+      work = jnp.result_type(x, change)
+      x = _tucker.mode_dot(x.astype(work), change.T.astype(work), n)
     return x
 
   return _tucker.batched(transport, len(plan.batch_shape))(moment, old, new).astype(moment.dtype)
@@ -499,8 +498,8 @@ def tensor_galore(
     plans = plans_of(params)
     init_factors = functools.partial(_init_factors, factor_dtype=factor_dtype)
     cores = _zeros(_map_plans(_core_struct, plans, params))
-    base_state = base.init(cores)
-    _check_base_optimizer(base, cores, base_state, moment_policy)
+    _check_base_optimizer(base, cores, base.init(cores), moment_policy)
+    base_state = _moments.real_second_moments(base.init, base.update, cores)(cores)
     init_norm = functools.partial(_init_residual_norm, residual=residual, factor_dtype=factor_dtype)
     return TensorGaLoreState(
       jnp.zeros([], jnp.int32),
@@ -579,7 +578,8 @@ def _held_residual_norms(plans, updates, norms, residual):
 def _carry_moments(policy, base_state, plans, old, new, now, base, cores_like):
   """The base optimizer's state after the factors went from ``old`` to ``new``."""
   if policy == "reset":
-    return jax.lax.cond(now, lambda: base.init(_zeros(cores_like)), lambda: base_state)
+    init = _moments.real_second_moments(base.init, base.update, cores_like)
+    return jax.lax.cond(now, lambda: init(_zeros(cores_like)), lambda: base_state)
   if policy == "rotate":
 
     def rotate(name, moments):

@@ -7,6 +7,7 @@ stacked layers, and the wrappers optax users put around an optimizer.
 """
 
 import functools
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -16,7 +17,7 @@ import optax
 import pytest
 
 from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
-from tensor_galore_optax._tucker import unfold
+from tensor_galore_optax._tucker import back_project, project, unfold
 
 
 def _complex_normal(key, shape, dtype=jnp.complex64):
@@ -241,6 +242,49 @@ def test_a_moment_of_the_wrong_shape_is_reported_wherever_it_is_nested():
   broken = state._replace(base_optimizer_state=other.base_optimizer_state)
   with pytest.raises(ValueError, match=r"\['w'\].*`mu`"):
     tx.update({"w": jnp.ones((6, 5, 4))}, broken)
+
+
+# --- Second moments of complex cores -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["keep", "reset", "rotate"])
+def test_complex_cores_store_a_real_second_moment_and_update_as_optax_adam(policy):
+  key = jax.random.key(11)
+  grads = [_complex_normal(jax.random.fold_in(key, k), (6, 5, 4)) for k in range(3)]
+  tx = tensor_galore(rank=0.5, min_size=1, update_proj_gap=100, moment_policy=policy)
+  state = tx.init({"w": grads[0]})
+  assert state.base_optimizer_state.mu["w"].dtype == jnp.complex64
+  assert state.base_optimizer_state.nu["w"].dtype == jnp.float32
+  adam = optax.scale_by_adam()
+  adam_state = None
+  for g in grads:
+    updates, state = jax.jit(tx.update)({"w": g}, state)
+    factors, modes = state.factors["w"], (0, 1, 2)
+    core = project(g, factors, modes)
+    adam_state = adam.init(core) if adam_state is None else adam_state
+    step, adam_state = adam.update(core, adam_state)
+    chex.assert_trees_all_close(updates["w"], back_project(step, factors, modes), atol=1e-5)
+  assert state.base_optimizer_state.nu["w"].dtype == jnp.float32
+  assert adam_state.nu.dtype == jnp.complex64  # optax's own stores it complex
+
+
+class _LastGradient(NamedTuple):
+  nu: Any
+
+
+def test_a_base_optimizer_whose_nu_must_be_complex_keeps_it_complex():
+  """A field named ``nu`` that holds complex values (here, the last gradient) is left alone."""
+  base = optax.GradientTransformation(
+    lambda params: _LastGradient(jax.tree.map(jnp.zeros_like, params)),
+    lambda updates, state, params=None: (updates, _LastGradient(updates)),
+  )
+  grads = {"w": _complex_normal(jax.random.key(12), (6, 5, 4))}
+  tx = tensor_galore(rank=0.5, min_size=1, base_optimizer=base)
+  state = tx.init(grads)
+  assert state.base_optimizer_state.nu["w"].dtype == jnp.complex64
+  updates, state = jax.jit(tx.update)(grads, state)
+  assert state.base_optimizer_state.nu["w"].dtype == jnp.complex64
+  assert jnp.iscomplexobj(updates["w"])
 
 
 # --- Stacked layers (batch axes) -----------------------------------------------------------------
