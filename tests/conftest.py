@@ -7,6 +7,20 @@ import os
 # examples/__init__.py). Set before anything loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Many tests compile the same small programs (every run of the example's tiny FNO compiles its
+# train step anew): a compilation cache shared by the session's processes (pytest-xdist workers
+# and the example's subprocesses inherit the variable) compiles each program once. The process
+# that creates the directory removes it at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="tensor-galore-tests-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 

@@ -22,6 +22,10 @@ other leaf keeps full-size Adam moments.
   the weights' own coordinates: each gradient is first divided by the root of
   a per-mode factored mean square (`scale_by_factored_rms`), then projected,
   and only the first moment (an exponential average) lives on the core.
+* ``tensor_galore_rms``: the same with a full-size running mean square
+  (`optax.scale_by_rms`): more state than AdamW's second moment alone, a
+  diagnostic of whether normalising in the weights' coordinates is what
+  Tensor-GaLore lacks, not a memory saver.
 
 `OPTIMIZERS` maps each name to a `Variant`; a new variant is one more entry,
 and the command line's ``--optimizer`` offers it.
@@ -105,17 +109,23 @@ def projected(spec: TuckerSpec, **fixed) -> Factory:
   return make
 
 
-def factored(spec: TuckerSpec) -> Factory:
-  """A factory of the factored-normalisation variant projecting the spectral weights by ``spec``.
+def normalized(spec: TuckerSpec, normalize: optax.GradientTransformation) -> Factory:
+  """A factory that normalises gradients in the weights' own coordinates, then projects.
 
-  ``optax.chain(scale_by_factored_rms(), tensor_galore(base_optimizer=
-  optax.ema(0.9)), add_decayed_weights, scale_by_learning_rate)``: the same
-  decay rates and weight decay as the other variants.
+  ``optax.chain(normalize, tensor_galore(base_optimizer=optax.ema(0.9)),
+  add_decayed_weights, scale_by_learning_rate)``: Adam's division by the root
+  mean square happens before the projection, so only the first moment (an
+  exponential average) lives on the core. The same decay rates and weight
+  decay as the other variants.
+
+  Args:
+    spec: How each spectral weight is projected.
+    normalize: Divides each gradient by (an estimate of) its root mean square.
   """
 
   def make(learning_rate, rank, *, weight_decay, **settings):
     return optax.chain(
-      scale_by_factored_rms(b2=0.999),
+      normalize,
       tensor_galore(rank, base_optimizer=optax.ema(0.9), spec=spectral_spec(spec), **settings),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
@@ -146,7 +156,10 @@ OPTIMIZERS: dict[str, Variant] = {
   "tensor_galore": Variant(projected(TUCKER)),
   "tensor_galore_mixed": Variant(projected(TUCKER, core_basis="mixed")),
   "tensor_galore_fira": Variant(projected(TUCKER, residual="scaled")),
-  "tensor_galore_factored": Variant(factored(TUCKER)),
+  "tensor_galore_factored": Variant(normalized(TUCKER, scale_by_factored_rms(b2=0.999))),
+  "tensor_galore_rms": Variant(
+    normalized(TUCKER, optax.scale_by_rms(0.999, eps=1e-8, bias_correction=True))
+  ),
 }
 
 

@@ -10,9 +10,12 @@ runs = [
   ("adamw", 3e-3, "runs/accuracy/accuracy_ns64_adamw_0"),
   ("adamw", 6e-3, "runs/accuracy_lr6e-3/accuracy_ns64_adamw_0"),
   ("adamw", 1.2e-2, "runs/accuracy_lr1.2e-2/accuracy_ns64_adamw_0"),
+  ("adamw", 2.4e-2, "runs/accuracy_lr2.4e-2/accuracy_ns64_adamw_0"),
   ("tensor_galore", 3e-3, "runs/accuracy/accuracy_ns64_tensor_galore_0"),
   ("tensor_galore", 6e-3, "runs/accuracy_lr6e-3/accuracy_ns64_tensor_galore_0"),
   ("tensor_galore", 1.2e-2, "runs/accuracy_lr1.2e-2/accuracy_ns64_tensor_galore_0"),
+  ("tensor_galore", 2.4e-2, "runs/accuracy_lr2.4e-2/accuracy_ns64_tensor_galore_0"),
+  ("tensor_galore_fira", 1.2e-2, "runs/accuracy_fira/accuracy_ns64_tensor_galore_fira_0"),
 ]
 out = pathlib.Path("benchmarks/results/accuracy_lr_sweep")
 out.mkdir(parents=True, exist_ok=True)
