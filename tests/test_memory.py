@@ -24,9 +24,12 @@ def test_tensor_galore_adamw_state_bytes_match_the_shapes():
     sum(i * r for i, r in zip((64, 64, 64, 33), spectral_core)) * complex_bytes
     + 256 * 64 * real_bytes
   )
-  moments = 2 * (
+  # A complex core's second moment is stored real.
+  first_moments = (
     math.prod(spectral_core) * complex_bytes + math.prod(dense_core) * real_bytes + 128 * real_bytes
   )
+  second_moments = first_moments - math.prod(spectral_core) * (complex_bytes - real_bytes)
+  moments = first_moments + second_moments
   counters = 2 * 4  # tensor_galore's count and Adam's count, int32
   expected = factors + moments + counters
 
