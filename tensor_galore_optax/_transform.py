@@ -498,7 +498,7 @@ def tensor_galore(
     plans = plans_of(params)
     init_factors = functools.partial(_init_factors, factor_dtype=factor_dtype)
     cores = _zeros(_map_plans(_core_struct, plans, params))
-    _check_base_optimizer(base, cores, base.init(cores), moment_policy)
+    _check_base_optimizer(base, cores, jax.eval_shape(base.init, cores), moment_policy)
     base_state = _moments.real_second_moments(base.init, base.update, cores)(cores)
     init_norm = functools.partial(_init_residual_norm, residual=residual, factor_dtype=factor_dtype)
     return TensorGaLoreState(
