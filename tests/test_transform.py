@@ -376,6 +376,12 @@ def test_bad_arguments_fail_at_construction(kwargs, error, match):
       ValueError,
       "must not need `params`",
     ),
+    (
+      {"w": jnp.ones((4, 5))},
+      {"base_optimizer": optax.identity(), "moment_policy": "rotate"},
+      ValueError,
+      "its state has none",
+    ),
   ],
 )
 def test_bad_inputs_fail_at_init_naming_the_leaf(params, kwargs, error, match):
