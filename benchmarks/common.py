@@ -1,5 +1,6 @@
 """What the benchmarks share: configurations, the FNO train step, timing, reports."""
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -10,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 
 from examples.fno import configs, model, optimizers, train
 
@@ -105,6 +107,27 @@ def rank_text(row: dict) -> str:
   return text
 
 
+@contextlib.contextmanager
+def _without_persistent_cache(active: bool = True):
+  """JAX's persistent compilation cache off inside (if ``active``).
+
+  XLA writes its dumps only when it compiles, and a cache hit (whose key
+  ignores ``xla_dump_to``) would leave none. JAX decides once whether the cache
+  is used, so the decision is reset on the way in and out.
+  """
+  if not active:
+    yield
+    return
+  was_on = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", was_on)
+    compilation_cache.reset_cache()
+
+
 def compiled_memory(step, *args, breakdown: bool = False) -> dict:
   """XLA's memory analysis of ``step`` compiled on ``args`` (arrays or shape structs).
 
@@ -120,7 +143,7 @@ def compiled_memory(step, *args, breakdown: bool = False) -> dict:
   """
   import tempfile
 
-  with tempfile.TemporaryDirectory() as directory:
+  with tempfile.TemporaryDirectory() as directory, _without_persistent_cache(breakdown):
     options = {"xla_dump_to": directory} if breakdown else None
     compiled = step.lower(*args).compile(compiler_options=options)
     dumps = [d.read_text() for d in pathlib.Path(directory).glob("*-live-range.txt")]

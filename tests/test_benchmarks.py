@@ -9,6 +9,28 @@ import pytest
 from benchmarks import common, memory
 
 
+def test_peak_breakdown_is_found_for_a_program_already_in_the_persistent_cache(tmp_path):
+  """A cache hit skips XLA's compilation, and with it the dump the breakdown reads."""
+  step = jax.jit(lambda x: jnp.tanh(x) @ x.T)
+  x = jax.ShapeDtypeStruct((128, 128), jnp.float32)
+  settings = {
+    "jax_compilation_cache_dir": str(tmp_path),
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_enable_compilation_cache": True,
+  }
+  before = {name: getattr(jax.config, name) for name in settings}
+  try:
+    for name, value in settings.items():
+      jax.config.update(name, value)
+    common.compiled_memory(step, x)  # now in the cache
+    assert any(tmp_path.iterdir())
+    assert common.compiled_memory(step, x, breakdown=True)["peak_bytes"] > 0
+    assert jax.config.jax_enable_compilation_cache  # restored
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+
+
 def test_peak_breakdown_sums_to_the_peak_and_sorts_forward_backward_and_optimizer():
   def loss(params, x):
     with jax.named_scope("spectral"):
