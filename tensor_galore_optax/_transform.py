@@ -511,8 +511,20 @@ def tensor_galore(
   def update_fn(updates, state, params=None, **extra_args):
     del params  # The projection needs none; weight decay belongs outside.
     plans = plans_of(updates)
-    held = _held_factors_tree(plans, updates, state.factors)
-    last_norms = _held_residual_norms(plans, updates, state.residual_norms, residual)
+    held = _held_per_leaf(
+      _held_factors,
+      plans,
+      updates,
+      state.factors,
+      "updates do not match the tree tensor_galore was initialised with",
+    )
+    last_norms = _held_per_leaf(
+      functools.partial(_held_residual_norm, residual=residual),
+      plans,
+      updates,
+      state.residual_norms,
+      "updates do not match the state's residual norms",
+    )
     cores_like = _map_plans(_core_struct, plans, updates)
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     now = state.count % update_proj_gap == 0
@@ -540,38 +552,31 @@ def tensor_galore(
   return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
 
 
-def _held_factors_tree(plans, updates, factors):
-  """`_held_factors` for every leaf, with the leaf's path for messages."""
+def _held_per_leaf(check: Callable, plans, updates, held, mismatch: str):
+  """``check(path, plan, grad, held_leaf)`` for every leaf: the state's per-leaf entries, checked.
+
+  ``mismatch`` leads the error when ``held`` does not have a subtree per leaf.
+  """
   paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-  per_leaf = _per_leaf(
-    treedef, factors, "updates do not match the tree tensor_galore was initialised with"
-  )
+  per_leaf = _per_leaf(treedef, held, mismatch)
   return treedef.unflatten(
-    _held_factors(path, plan, grad, held)
-    for (path, grad), plan, held in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
+    check(path, plan, grad, h)
+    for (path, grad), plan, h in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
   )
 
 
-def _held_residual_norms(plans, updates, norms, residual):
-  """The state's residual norms as a tree like ``updates``, checked leaf by leaf."""
-  paths_and_grads, treedef = jax.tree_util.tree_flatten_with_path(updates)
-  per_leaf = _per_leaf(treedef, norms, "updates do not match the state's residual norms")
-
-  def held(path, plan, norm):
-    wanted = None if plan is None or residual == "drop" else plan.batch_shape
-    if wanted is None and not jax.tree.leaves(norm):
-      return ()
-    if wanted is not None and tuple(getattr(norm, "shape", (None,))) == wanted:
-      return norm
-    needs = "no residual norm" if wanted is None else f"a residual norm of shape {wanted}"
-    raise ValueError(
-      f"{_path(path)}: residual={residual!r} needs {needs} but the state holds {norm!r}; was "
-      "the state initialised for other params or with another residual setting?"
-    )
-
-  return treedef.unflatten(
-    held(path, plan, norm)
-    for (path, _), plan, norm in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
+def _held_residual_norm(path, plan: TuckerPlan | None, grad, norm, *, residual):
+  """The state's residual norm of one leaf, checked against ``residual`` and the plan."""
+  del grad  # The plan has the shape.
+  wanted = None if plan is None or residual == "drop" else plan.batch_shape
+  if wanted is None and not jax.tree.leaves(norm):
+    return ()
+  if wanted is not None and tuple(getattr(norm, "shape", (None,))) == wanted:
+    return norm
+  needs = "no residual norm" if wanted is None else f"a residual norm of shape {wanted}"
+  raise ValueError(
+    f"{_path(path)}: residual={residual!r} needs {needs} but the state holds {norm!r}; was "
+    "the state initialised for other params or with another residual setting?"
   )
 
 
