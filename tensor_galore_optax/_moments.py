@@ -11,6 +11,7 @@ only the name decides the order of a moment (first or second).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -90,8 +91,10 @@ def real_second_moments(init: Callable[[Any], Any], update: Callable, cores_like
   moment like the updates. Stored real it takes half the bytes, and Adam's
   update keeps it real: real scalars times ``|g|^2`` stay real. That is
   checked, not assumed: if one ``update`` from the real state would turn any
-  moment back to complex (another optimizer, another rule), ``init`` is
-  returned unchanged.
+  moment back to complex (another optimizer, another rule), or computes it
+  complex and casts it back (optax's ``cast_like``; so does Adam whose ``b2``
+  is complex, as ``optax.inject_hyperparams`` makes it for complex params
+  unless given ``hyperparam_dtype``), ``init`` is returned unchanged.
   """
 
   def real_init(cores):
@@ -106,6 +109,12 @@ def real_second_moments(init: Callable[[Any], Any], update: Callable, cores_like
 
   abstract_cores = jax.tree.map(lambda c: jax.ShapeDtypeStruct(c.shape, c.dtype), cores_like)
   state = jax.eval_shape(real_init, abstract_cores)
-  _, updated = jax.eval_shape(lambda c, s: update(c, s, None), abstract_cores, state)
+  try:
+    # JAX warns on a complex-to-real cast (and will raise, in a later release).
+    with warnings.catch_warnings():
+      warnings.filterwarnings("error", "Casting from complex to real", DeprecationWarning)
+      _, updated = jax.eval_shape(lambda c, s: update(c, s, None), abstract_cores, state)
+  except (DeprecationWarning, TypeError, ValueError):
+    return init
   kept = jax.tree.map(lambda a, b: a.dtype == b.dtype, state, updated)
   return real_init if all(jax.tree.leaves(kept)) else init

@@ -287,8 +287,9 @@ def _scaled_residual(plan: TuckerPlan, tensor, core, core_update, factors, last_
   term = ratio * (tensor - plan.back_project(core.astype(tensor.dtype), factors))
   per_batch = tuple(range(batch, term.ndim))
   norm = _norm(term, per_batch)
-  # At most `max_growth` times the last norm; no limit before the first step.
-  shrink = jnp.maximum(_safe_divide(norm, max_growth * last_norm), 1).astype(norm.dtype)
+  # At most `max_growth` times the last norm; no limit before the first step. `inject_hyperparams`
+  # hands complex params' hyperparameters over complex, with a zero imaginary part.
+  shrink = jnp.maximum(_safe_divide(norm, jnp.real(max_growth) * last_norm), 1)
   shrink = jnp.where(last_norm > 0, shrink, 1)
   term = term / jnp.expand_dims(shrink, per_batch).astype(term.dtype)
   return term, (norm / shrink).astype(last_norm.dtype)

@@ -7,6 +7,7 @@ stacked layers, and the wrappers optax users put around an optimizer.
 """
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import chex
@@ -285,6 +286,29 @@ def test_a_base_optimizer_whose_nu_must_be_complex_keeps_it_complex():
   updates, state = jax.jit(tx.update)(grads, state)
   assert state.base_optimizer_state.nu["w"].dtype == jnp.complex64
   assert jnp.iscomplexobj(updates["w"])
+
+
+@pytest.mark.parametrize(
+  ("hyperparam_dtype", "nu_dtype"), [(None, "complex64"), ("float32", "float32")]
+)
+def test_complex_hyperparameters_keep_the_second_moment_complex_without_a_lossy_cast(
+  hyperparam_dtype, nu_dtype
+):
+  """``inject_hyperparams`` makes ``b2`` complex for complex params: Adam's ``nu`` is then
+  computed complex, and storing it real would take a complex-to-real cast each step."""
+  grads = {"w": _complex_normal(jax.random.key(13), (6, 5, 4))}
+  tx = optax.inject_hyperparams(
+    tensor_galore_adamw,
+    static_args=("rank", "min_size", "update_proj_gap"),
+    hyperparam_dtype=hyperparam_dtype and jnp.dtype(hyperparam_dtype),
+  )(learning_rate=1e-2, rank=0.5, min_size=1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", DeprecationWarning)
+    state = tx.init(grads)
+    updates, state = jax.jit(tx.update)(grads, state, grads)
+  (galore_state, *_) = state.inner_state
+  assert galore_state.base_optimizer_state.nu["w"].dtype == jnp.dtype(nu_dtype)
+  chex.assert_tree_all_finite(updates)
 
 
 # --- Stacked layers (batch axes) -----------------------------------------------------------------

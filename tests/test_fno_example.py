@@ -401,7 +401,11 @@ def test_stacked_spectral_weights_get_per_layer_projections(name):
   rng = np.random.default_rng(0)
   for _ in range(5):  # refreshes at steps 0, 2 and 4
     grads = jax.tree.map(
-      lambda p: (rng.standard_normal(p.shape) * (1 + 1j * np.iscomplexobj(p))).astype(p.dtype),
+      lambda p: (
+        rng.standard_normal(p.shape) + 1j * rng.standard_normal(p.shape)
+        if np.iscomplexobj(p)
+        else rng.standard_normal(p.shape)
+      ).astype(p.dtype),
       scanned,
     )
     updates_scanned, state_scanned = tx_scanned.update(grads, state_scanned, scanned)
