@@ -96,7 +96,8 @@ class Config:
   )
   scale: float = _field(
     1.0,
-    "multiplies the back-projected update of the projected weights (GaLore's alpha; not AdamW)",
+    "multiplies the spectral weights' update: the back-projected one (GaLore's alpha), or "
+    "Adam's for adamw",
     metavar="A",
     bound="positive",
   )

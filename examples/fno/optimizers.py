@@ -84,10 +84,22 @@ def spectral_spec(spec: TuckerSpec):
   return lambda params: jax.tree.map(leaf_spec, params)
 
 
-def adamw(learning_rate, rank, *, weight_decay, **_) -> optax.GradientTransformation:
-  """``optax.adamw``; the rank and the projection settings (and ``scale``) do not apply."""
+def adamw(learning_rate, rank, *, weight_decay, scale=1.0, **_) -> optax.GradientTransformation:
+  """``optax.adamw``; the rank and the projection settings do not apply.
+
+  ``scale`` multiplies Adam's update of the spectral weights, as it does the
+  projected weights' in the other variants (before the weight decay), so that
+  a longer step for the spectral weights alone can be compared fairly.
+  """
   del rank
-  return optax.adamw(learning_rate, weight_decay=weight_decay)
+  if scale == 1.0:
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+  return optax.chain(
+    optax.scale_by_adam(),
+    optax.masked(optax.scale(scale), lambda params: jax.tree.map(is_spectral, params)),
+    optax.add_decayed_weights(weight_decay),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def projected(spec: TuckerSpec, **fixed) -> Factory:
@@ -192,7 +204,8 @@ def make_optimizer(
     moment_policy: What Adam's moments do at a refresh (see `tensor_galore`).
     refresh_method: How factors are recomputed (see `tensor_galore`).
     scale: Multiplies the back-projected update of the projected weights
-      (see `tensor_galore`); unused by ``adamw``.
+      (see `tensor_galore`); for ``adamw``, Adam's update of the spectral
+      weights.
 
   Returns:
     The optimizer.
