@@ -13,6 +13,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -259,6 +260,22 @@ def test_a_new_optimizer_variant_is_one_registry_entry(monkeypatch):
   optimizer, rank = optimizers.build(config.optimizer, 1e-3, params, tensor_rank=0.5)
   assert rank == 0.5
   assert optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)) is not None
+
+
+def test_adamw_scale_lengthens_the_spectral_weights_step_only():
+  params = {"w": np.ones((4, 4, 3, 2), np.complex64), "b": np.ones((4,), np.float32)}
+  grads = {
+    "w": np.full((4, 4, 3, 2), 0.5 - 0.25j, np.complex64),
+    "b": np.full((4,), 0.5, np.float32),
+  }
+  plain = optax.adamw(1e-2, weight_decay=1e-4)
+  expected, _ = plain.update(grads, plain.init(params), params)
+  for scale, factor in ((1.0, 1.0), (2.0, 2.0)):
+    tx = optimizers.make_optimizer("adamw", 1e-2, rank=None, weight_decay=1e-4, scale=scale)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    decay = -1e-2 * 1e-4 * params["w"]  # decoupled weight decay is not scaled
+    np.testing.assert_allclose(updates["w"], factor * (expected["w"] - decay) + decay, rtol=1e-6)
+    np.testing.assert_allclose(updates["b"], expected["b"], rtol=1e-6)
 
 
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
