@@ -13,6 +13,7 @@ leaf's refresh and update depend on its own gradient only.
 """
 
 import functools
+import math
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -38,6 +39,8 @@ CORE_BASES: tuple[str, ...] = typing.get_args(CoreBasis)
 """The core bases, the paper's (``"singular"``) first."""
 
 Residual = Literal["drop", "scaled"]
+# `scale="matched"`: per projected leaf, sqrt(entries / core entries).
+MATCHED = "matched"
 """What happens to the gradient outside the projected subspace; see `tensor_galore`."""
 
 RESIDUALS: tuple[str, ...] = typing.get_args(Residual)
@@ -295,6 +298,20 @@ def _scaled_residual(plan: TuckerPlan, tensor, core, core_update, factors, last_
   return term, (norm / shrink).astype(last_norm.dtype)
 
 
+def _matched_scale(plan: TuckerPlan) -> float:
+  """``sqrt(I / R)``: how much shorter a projected step is than a full-size one.
+
+  A base optimizer that moves every core entry by about the learning rate
+  (Adam, whose per-entry steps are about ``lr``) takes a step of norm about
+  ``lr * sqrt(R)`` on a core of ``R`` entries, and the orthonormal
+  back-projection keeps that norm; the same optimizer at full size moves
+  all ``I`` entries of the weight, a step of norm about ``lr * sqrt(I)``.
+  Batch axes scale both alike.
+  """
+  core_modes = plan.core_shape[len(plan.batch_shape) :]
+  return math.sqrt(math.prod(plan.mode_sizes) / math.prod(core_modes))
+
+
 def _back_project_leaf(
   plan: TuckerPlan | None, update, factors, grad, core, last_norm, *, scale, residual, max_growth
 ):
@@ -304,6 +321,8 @@ def _back_project_leaf(
   """
   if plan is None:
     return update, last_norm
+  if isinstance(scale, str):
+    scale = _matched_scale(plan)
   work = jnp.result_type(update, *factors)
   full = plan.back_project(update.astype(work), factors)
   if residual == "scaled":
@@ -341,7 +360,7 @@ def tensor_galore(
   rank: Rank = 0.25,
   *,
   update_proj_gap: int = 200,
-  scale: jax.typing.ArrayLike = 1.0,
+  scale: jax.typing.ArrayLike | Literal["matched"] = 1.0,
   base_optimizer: optax.GradientTransformation | None = None,
   min_size: int = 16_384,
   spec: SpecLike = None,
@@ -401,6 +420,14 @@ def tensor_galore(
       many steps, starting at step 0, and at no other step.
     scale: Multiplies the back-projected update of projected leaves (the
       others are left as the base optimizer returns them, as in GaLore).
+      ``"matched"``: per projected leaf, \(\sqrt{I / R}\), with \(I\) the
+      leaf's entries and \(R\) its core's (per layer of a stacked leaf).
+      Adam moves each core entry by about the learning rate, so a core step
+      back-projected is about \(\sqrt{R / I}\) as long as Adam's step on
+      the whole weight; ``"matched"`` gives projected weights the step
+      length of full-size Adam, so that one learning rate suits projected
+      and unprojected leaves alike. Not with ``residual="scaled"``, whose
+      residual term has a step length of its own.
     base_optimizer: The transformation run on the cores; it must not need
       ``params``. Defaults to ``optax.scale_by_adam()``.
     min_size: With the default ``spec``, leaves with at least 2 dimensions and
@@ -492,6 +519,13 @@ def tensor_galore(
     raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}.")
   if not isinstance(max_residual_growth, jax.Array) and not max_residual_growth >= 1:
     raise ValueError(f"max_residual_growth must be at least 1, got {max_residual_growth!r}.")
+  if isinstance(scale, str) and scale != MATCHED:
+    raise ValueError(f"scale must be a number or {MATCHED!r}, got {scale!r}.")
+  if isinstance(scale, str) and residual == "scaled":
+    raise ValueError(
+      f"scale={MATCHED!r} lengthens the back-projected step to full-size Adam's, and "
+      "residual='scaled' adds a term already at that length: use a number as scale with it."
+    )
   base = optax.with_extra_args_support(base_optimizer)
   plans_of = functools.partial(_plans, spec=spec, rank=rank, min_size=min_size)
 
@@ -631,7 +665,7 @@ def tensor_galore_adamw(
   mu_dtype: jax.typing.DTypeLike | None = None,
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
-  scale: jax.typing.ArrayLike = 1.0,
+  scale: jax.typing.ArrayLike | Literal["matched"] = 1.0,
   spec: SpecLike = None,
   refresh_method: RefreshMethod = "sthosvd",
   moment_policy: MomentPolicy = "keep",
@@ -671,7 +705,9 @@ def tensor_galore_adamw(
       keeps the cores' dtype.
     weight_decay: Strength of the decoupled weight decay.
     mask: Which leaves get weight decay, as in ``optax.adamw``.
-    scale: Multiplies the back-projected update of projected leaves.
+    scale: Multiplies the back-projected update of projected leaves; a
+      number, or ``"matched"`` for full-size Adam's step length; see
+      `tensor_galore`.
     spec: Which leaves are projected and how; see `tensor_galore`.
     refresh_method: How factors are recomputed; see `tensor_galore`.
     moment_policy: ``"keep"``, ``"reset"`` or ``"rotate"``; see `tensor_galore`.

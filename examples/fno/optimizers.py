@@ -15,6 +15,10 @@ other leaf keeps full-size Adam moments.
 * ``tensor_galore_mixed``: Tensor-GaLore with ``core_basis="mixed"``: the same
   subspaces, the cores' coordinates rotated so that Adam does not normalise
   the leading singular directions one by one.
+* ``tensor_galore_matched``: Tensor-GaLore with ``scale="matched"``: each
+  projected weight's update lengthened to the step of full-size Adam (by
+  ``sqrt(entries / core entries)``), so one learning rate suits projected and
+  unprojected leaves.
 * ``tensor_galore_fira``: Tensor-GaLore with ``residual="scaled"``: the part of
   each gradient outside the subspace is added back, scaled by how much Adam
   lengthened the projected gradient (Fira).
@@ -167,6 +171,7 @@ OPTIMIZERS: dict[str, Variant] = {
   "galore": Variant(projected(MATRIX), default_rank="matched"),
   "tensor_galore": Variant(projected(TUCKER)),
   "tensor_galore_mixed": Variant(projected(TUCKER, core_basis="mixed")),
+  "tensor_galore_matched": Variant(projected(TUCKER, scale="matched")),
   "tensor_galore_fira": Variant(projected(TUCKER, residual="scaled")),
   "tensor_galore_factored": Variant(normalized(TUCKER, scale_by_factored_rms(b2=0.999))),
   "tensor_galore_rms": Variant(

@@ -1,0 +1,84 @@
+"""``scale="matched"``: projected weights get full-size Adam's step length."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
+
+
+def _normal(key, shape, dtype):
+  real, imag = jax.random.normal(key, (2, *shape))
+  return (real + 1j * imag).astype(dtype) if jnp.issubdtype(dtype, jnp.complexfloating) else real
+
+
+CASES = {
+  # (shape, spec, rank, dtype): every mode, a matrix on one side, stacked layers.
+  "tensor": ((12, 10, 6, 4), TuckerSpec(), 0.2, jnp.complex64),
+  "matrix": ((40, 24), TuckerSpec(num_projected=1), 5, jnp.float32),
+  "stacked": ((3, 8, 8, 5), TuckerSpec(batch_axes=(0,)), 0.3, jnp.complex64),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_first_step_is_as_long_as_full_size_adams(case):
+  """Adam's first step moves every entry by exactly 1 (``g / |g|``): ``sqrt(entries)`` in all,
+  full-size; on a core of ``R`` entries, ``sqrt(R)``; "matched" multiplies by ``sqrt(I / R)``."""
+  shape, spec, rank, dtype = CASES[case]
+  grads = {"w": _normal(jax.random.key(0), shape, dtype), "b": jnp.linspace(-1.0, 1.0, 7)}
+  full = optax.scale_by_adam(eps=0.0)
+  expected, _ = full.update(grads, full.init(grads))
+  for scale, length in (("matched", 1.0), (1.0, None)):
+    tx = tensor_galore(
+      rank, scale=scale, spec={"w": spec, "b": None}, base_optimizer=optax.scale_by_adam(eps=0.0)
+    )
+    state = tx.init(grads)
+    updates, state = jax.jit(tx.update)(grads, state)
+    ratio = float(jnp.linalg.norm(updates["w"]) / jnp.linalg.norm(expected["w"]))
+    core = state.base_optimizer_state.mu["w"]
+    if length is None:  # unscaled: sqrt(R / I) as long
+      length = math.sqrt(core.size / math.prod(shape))
+    assert ratio == pytest.approx(length, rel=1e-5)
+    chex.assert_trees_all_close(updates["b"], expected["b"])  # not projected: untouched
+
+
+def test_matched_is_the_number_sqrt_entries_over_core_entries():
+  grads = {"w": _normal(jax.random.key(1), (3, 8, 8, 5), jnp.complex64)}
+  spec = TuckerSpec(batch_axes=(0,))
+  matched = tensor_galore_adamw(1e-2, 0.3, spec=spec, scale="matched")
+  state = matched.init(grads)
+  core = state[0].base_optimizer_state.mu["w"]
+  number = math.sqrt(3 * 8 * 8 * 5 / core.size)
+  explicit = tensor_galore_adamw(1e-2, 0.3, spec=spec, scale=number)
+  for _ in range(3):
+    updates, state = jax.jit(matched.update)(grads, state, grads)
+  explicit_state = explicit.init(grads)
+  for _ in range(3):
+    expected, explicit_state = jax.jit(explicit.update)(grads, explicit_state, grads)
+  np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-5, atol=1e-7)
+
+
+def test_matched_runs_under_inject_hyperparams():
+  grads = {"w": _normal(jax.random.key(2), (6, 5, 4), jnp.complex64)}
+  tx = optax.inject_hyperparams(
+    tensor_galore_adamw, static_args=("rank", "min_size", "update_proj_gap", "scale")
+  )(learning_rate=1e-2, rank=0.5, min_size=1, scale="matched")
+  updates, _ = jax.jit(tx.update)(grads, tx.init(grads), grads)
+  chex.assert_tree_all_finite(updates)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    ({"scale": "auto"}, "scale must be a number or 'matched', got 'auto'"),
+    ({"scale": "matched", "residual": "scaled"}, "residual='scaled'"),
+  ],
+)
+def test_bad_scale_is_refused_with_its_value(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    tensor_galore(0.25, **kwargs)
