@@ -39,12 +39,13 @@ CORE_BASES: tuple[str, ...] = typing.get_args(CoreBasis)
 """The core bases, the paper's (``"singular"``) first."""
 
 Residual = Literal["drop", "scaled"]
-# `scale="matched"`: per projected leaf, sqrt(entries / core entries).
-MATCHED = "matched"
 """What happens to the gradient outside the projected subspace; see `tensor_galore`."""
 
 RESIDUALS: tuple[str, ...] = typing.get_args(Residual)
 """The residual policies, the paper's (``"drop"``) first."""
+
+MATCHED = "matched"
+"""The ``scale`` that gives projected leaves full-size Adam's step length; see `tensor_galore`."""
 
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
