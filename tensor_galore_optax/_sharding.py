@@ -3,8 +3,9 @@
 The rule, for the state of any optax optimizer (``tensor_galore`` and chains
 containing it included):
 
-* Tensor-GaLore factors ``(I_n, R_n)`` are replicated: they are small, and
-  every device needs all of them to project its part of a gradient.
+* Tensor-GaLore factors ``(I_n, R_n)`` and averaged Gram matrices
+  ``(I_n, I_n)`` are replicated: they are small, and every device needs all of
+  them to project its part of a gradient.
 * A subtree with the parameters' tree structure (Adam's ``mu``/``nu``, the
   accumulator of ``optax.MultiSteps``, ...) is mapped leaf by leaf against its
   parameter. A leaf of the parameter's shape gets the parameter's sharding. A
@@ -220,6 +221,7 @@ def optimizer_state_shardings(
           factors=jax.tree.map(lambda _: replicated, x.factors),
           base_optimizer_state=assign(x.base_optimizer_state),
           residual_norms=jax.tree.map(lambda _: replicated, x.residual_norms),
+          grams=jax.tree.map(lambda _: replicated, x.grams),
         )
       if params_shaped(x):
         return per_parameter(x)

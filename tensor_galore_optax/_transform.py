@@ -66,12 +66,17 @@ class TensorGaLoreState(NamedTuple):
       the norm of the last residual term of a projected leaf (one real
       scalar per index of its batch axes, 0 before the first step); ``()``
       for the other leaves and with ``residual="drop"``.
+    grams: One entry per parameter leaf: with ``refresh_method="averaged"``,
+      a tuple holding the moving average of each projected mode's Gram matrix
+      (``(I_n, I_n)``, with the leaf's batch axes in front); ``()`` for the
+      other leaves and with the other refresh methods.
   """
 
   count: jax.Array
   factors: optax.Params
   base_optimizer_state: optax.OptState
   residual_norms: optax.Params
+  grams: optax.Params
 
 
 def _map_plans(fn: Callable, plans, tree, *rest):
@@ -209,18 +214,27 @@ def _zeros(structs):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), structs)
 
 
-def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
-  """The state's factors of one leaf as a tuple, checked against its gradient.
+def _as_tuple(held) -> tuple | None:
+  """A per-leaf tuple of the state as a tuple, ``None`` if it is not one.
 
   Containers other than tuples are accepted (Flax NNX stores a tuple as a
   mapping from its positions).
   """
-  wanted = () if plan is None else plan.factor_shapes
   try:
-    factors = tuple(held[k] for k in range(len(held)))
+    return tuple(held[k] for k in range(len(held)))
   except (TypeError, KeyError):
-    factors = None
-  shapes = None if factors is None else tuple(tuple(getattr(u, "shape", ())) for u in factors)
+    return None
+
+
+def _shapes(arrays: tuple | None) -> tuple | None:
+  return None if arrays is None else tuple(tuple(getattr(u, "shape", ())) for u in arrays)
+
+
+def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
+  """The state's factors of one leaf as a tuple, checked against its gradient."""
+  wanted = () if plan is None else plan.factor_shapes
+  factors = _as_tuple(held)
+  shapes = _shapes(factors)
   if shapes != tuple(wanted):
     raise ValueError(
       f"{_path(path)}: its gradient of shape {tuple(grad.shape)} needs factors {tuple(wanted)} "
@@ -236,15 +250,58 @@ def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
   return factors
 
 
-def _refresh_leaf(plan: TuckerPlan | None, grad, factors, *, method, mixed, now):
+def _gram_shapes(plan: TuckerPlan | None, method) -> tuple:
+  """``(*batch_shape, I_n, I_n)`` per projected mode with ``"averaged"``, else none."""
+  if plan is None or method != _refresh.AVERAGED:
+    return ()
+  sizes = (plan.mode_sizes[n] for n in plan.projected_modes)
+  return tuple((*plan.batch_shape, size, size) for size in sizes)
+
+
+def _init_grams(plan: TuckerPlan | None, param, *, method, factor_dtype):
+  if not _gram_shapes(plan, method):
+    return ()
+  sizes = [plan.mode_sizes[n] for n in plan.projected_modes]
+  dtype = _factor_dtype(param.dtype, factor_dtype)
+  return _refresh.initial_grams(sizes, plan.batch_shape, dtype)
+
+
+def _held_grams(path, plan: TuckerPlan | None, grad, held, *, method) -> tuple:
+  """The state's averaged Gram matrices of one leaf, checked against ``method`` and the plan."""
+  del grad  # The plan has the shape.
+  wanted = _gram_shapes(plan, method)
+  grams = _as_tuple(held)
+  if _shapes(grams) == wanted:
+    return grams
+  raise ValueError(
+    f"{_path(path)}: refresh_method={method!r} needs Gram matrices of shapes {wanted} but the "
+    f"state holds {_shapes(grams) if grams is not None else held!r}; was the state initialised "
+    "for other params or with another refresh method?"
+  )
+
+
+def _accumulate_leaf(plan: TuckerPlan | None, grad, grams, *, decay):
+  """The leaf's averaged Gram matrices with this step's gradient in (``"averaged"`` only)."""
+  if plan is None or not grams:
+    return grams
+  accumulate = lambda t, gs: _refresh.accumulate_grams(gs, t, plan.projected_modes, decay)
+  return _tucker.batched(accumulate, len(plan.batch_shape))(plan.to_tensor(grad), tuple(grams))
+
+
+def _refresh_leaf(plan: TuckerPlan | None, grad, factors, grams, *, method, mixed, now):
   """New factors at a refresh step, the held ones otherwise (one `lax.cond` per leaf)."""
   if plan is None:
     return factors
-  refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method, mixed)
+  if method == _refresh.AVERAGED:
+    refresh = lambda gs, fs: _refresh.factors_from_grams(gs, fs, mixed)
+    source = tuple(grams)
+  else:
+    refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method, mixed)
+    source = plan.to_tensor(grad)
   # Stacked layers refresh one after the other: a decomposition's work arrays
   # are as large as the tensor, and this way exist for one layer at a time.
   refresh = _tucker.batched(refresh, len(plan.batch_shape), sequential=True)
-  return jax.lax.cond(now, lambda: refresh(plan.to_tensor(grad), factors), lambda: factors)
+  return jax.lax.cond(now, lambda: refresh(source, factors), lambda: factors)
 
 
 def _project_leaf(plan: TuckerPlan | None, grad, factors):
@@ -371,6 +428,7 @@ def tensor_galore(
   core_basis: CoreBasis = "singular",
   residual: Residual = "drop",
   max_residual_growth: float = 1.01,
+  gram_decay: float = 0.99,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -447,7 +505,14 @@ def tensor_galore(
       but blind to directions below about 3e-4 of the leading one),
       ``"sthosvd"`` (sequentially truncated HOSVD through QR, as accurate as
       ``"svd"``; the default) or ``"subspace"`` (one warm-started subspace
-      iteration from the previous factors).
+      iteration from the previous factors), all from the current gradient;
+      or ``"averaged"``: the leading eigenvectors of a moving average of each
+      mode's Gram matrix \(G_{(n)} G_{(n)}^H\), updated at every step (decay
+      ``gram_decay``), as Shampoo's and SOAP's bases are: the subspace where
+      gradients have lately been rather than where one mini-batch's is. It
+      keeps an \(I_n \times I_n\) average per projected mode (with the
+      factors' dtype): small for tensors of short modes (FNO kernels), but
+      more than the weight itself for a matrix projected on a long side.
     moment_policy: What happens to the base optimizer's per-leaf moments
       (every core-shaped tree in its state: ``mu``, ``nu``, ``nu_max``,
       ``trace``, ...) when the factors change: ``"keep"`` them as they are
@@ -480,6 +545,10 @@ def tensor_galore(
       residual term may grow by at most this factor from one step to the
       next (Fira's norm-growth limiter, against spikes); larger terms are
       shrunk to it.
+    gram_decay: With ``refresh_method="averaged"``, the decay rate of the
+      Gram matrices' moving average, in [0, 1): 0.99 averages over about the
+      last 100 steps, about one refresh gap of the FNO example. Unused by the
+      other refresh methods.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -508,6 +577,9 @@ def tensor_galore(
 
     Chen et al., [Fira: Can We Achieve Full-rank Training of LLMs Under
     Low-rank Constraint?](https://arxiv.org/abs/2410.01623), 2024.
+
+    Vyas et al., [SOAP: Improving and Stabilizing Shampoo using
+    Adam](https://arxiv.org/abs/2409.11321), 2024.
   """
   if base_optimizer is None:
     base_optimizer = optax.scale_by_adam()
@@ -520,6 +592,8 @@ def tensor_galore(
     raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}.")
   if not isinstance(max_residual_growth, jax.Array) and not max_residual_growth >= 1:
     raise ValueError(f"max_residual_growth must be at least 1, got {max_residual_growth!r}.")
+  if not isinstance(gram_decay, jax.Array) and not 0 <= gram_decay < 1:
+    raise ValueError(f"gram_decay must be in [0, 1), got {gram_decay!r}.")
   if isinstance(scale, str) and scale != MATCHED:
     raise ValueError(f"scale must be a number or {MATCHED!r}, got {scale!r}.")
   if isinstance(scale, str) and residual == "scaled":
@@ -537,11 +611,13 @@ def tensor_galore(
     _check_base_optimizer(base, cores, jax.eval_shape(base.init, cores), moment_policy)
     base_state = _moments.real_second_moments(base.init, base.update, cores)(cores)
     init_norm = functools.partial(_init_residual_norm, residual=residual, factor_dtype=factor_dtype)
+    init_grams = functools.partial(_init_grams, method=refresh_method, factor_dtype=factor_dtype)
     return TensorGaLoreState(
       jnp.zeros([], jnp.int32),
       _map_plans(init_factors, plans, params),
       base_state,
       _map_plans(init_norm, plans, params),
+      _map_plans(init_grams, plans, params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -561,14 +637,23 @@ def tensor_galore(
       state.residual_norms,
       "updates do not match the state's residual norms",
     )
+    grams = _held_per_leaf(
+      functools.partial(_held_grams, method=refresh_method),
+      plans,
+      updates,
+      state.grams,
+      "updates do not match the state's Gram matrices",
+    )
     cores_like = _map_plans(_core_struct, plans, updates)
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     now = state.count % update_proj_gap == 0
+    grams = _map_plans(functools.partial(_accumulate_leaf, decay=gram_decay), plans, updates, grams)
     factors = _map_plans(
       functools.partial(_refresh_leaf, method=refresh_method, mixed=core_basis == "mixed", now=now),
       plans,
       updates,
       held,
+      grams,
     )
     base_state = _carry_moments(
       moment_policy, state.base_optimizer_state, plans, held, factors, now, base, cores_like
@@ -582,7 +667,7 @@ def tensor_galore(
     new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
     residual_norms = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
     return new_updates, TensorGaLoreState(
-      optax.safe_increment(state.count), factors, base_state, residual_norms
+      optax.safe_increment(state.count), factors, base_state, residual_norms, grams
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
@@ -675,6 +760,7 @@ def tensor_galore_adamw(
   core_basis: CoreBasis = "singular",
   residual: Residual = "drop",
   max_residual_growth: float = 1.01,
+  gram_decay: float = 0.99,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -717,6 +803,8 @@ def tensor_galore_adamw(
     core_basis: ``"singular"`` or ``"mixed"``; see `tensor_galore`.
     residual: ``"drop"`` or ``"scaled"`` (Fira); see `tensor_galore`.
     max_residual_growth: Fira's norm-growth limit; see `tensor_galore`.
+    gram_decay: Decay of the averaged Gram matrices of
+      ``refresh_method="averaged"``; see `tensor_galore`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -759,6 +847,7 @@ def tensor_galore_adamw(
       core_basis=core_basis,
       residual=residual,
       max_residual_growth=max_residual_growth,
+      gram_decay=gram_decay,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

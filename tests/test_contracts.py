@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
+from tensor_galore_optax import REFRESH_METHODS, TuckerSpec, tensor_galore, tensor_galore_adamw
 from tensor_galore_optax._tucker import back_project, project, unfold
 
 
@@ -130,7 +130,7 @@ def test_bfloat16_first_moment_stays_close_to_a_float32_one(mu_dtype):
 # --- The factors follow the gradient -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["svd", "eigh", "sthosvd", "subspace"])
+@pytest.mark.parametrize("method", REFRESH_METHODS)
 def test_factors_span_the_gradients_leading_subspaces_through_the_transformation(method):
   """A never-refreshed (identity) factor fails this; any orthonormal one is not enough."""
   shape, ranks = (10, 9, 8, 6), (3, 2, 4, 2)
@@ -398,6 +398,9 @@ def _train(tx, steps=40):
   [
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, refresh_method="eigh"),
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, refresh_method="subspace"),
+    lambda: tensor_galore_adamw(
+      5e-2, rank=0.5, min_size=1, refresh_method="averaged", update_proj_gap=5
+    ),
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, nesterov=True),
     lambda: tensor_galore_adamw(5e-2, rank=0.5, min_size=1, eps_root=1e-8),
     # Axes 2 and 0 as one mode, projected on that side only (a matrix, as GaLore).
@@ -413,7 +416,16 @@ def _train(tx, steps=40):
       {"w": "g", "b": "a"},
     ),
   ],
-  ids=["eigh", "subspace", "nesterov", "eps_root", "permuted_grouped_modes", "masked", "partition"],
+  ids=[
+    "eigh",
+    "subspace",
+    "averaged",
+    "nesterov",
+    "eps_root",
+    "permuted_grouped_modes",
+    "masked",
+    "partition",
+  ],
 )
 def test_trains_end_to_end_in_every_configuration(make):
   start, end = _train(make())
@@ -472,10 +484,12 @@ def _flax_data():
   return x, jnp.sin(x)
 
 
-@pytest.mark.parametrize("residual", ["drop", "scaled"])
-def test_flax_nnx_optimizer_trains_under_jit(residual):
+@pytest.mark.parametrize(
+  "options", [{}, {"residual": "scaled"}, {"refresh_method": "averaged"}], ids=str
+)
+def test_flax_nnx_optimizer_trains_under_jit(options):
   nnx, model = _flax_model()
-  tx = tensor_galore_adamw(1e-2, rank=0.5, min_size=1, update_proj_gap=3, residual=residual)
+  tx = tensor_galore_adamw(1e-2, rank=0.5, min_size=1, update_proj_gap=3, **options)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x, y = _flax_data()
   loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
@@ -525,7 +539,7 @@ def test_flax_train_state_trains_and_matches_the_functional_update():
 # --- The core's basis ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["svd", "sthosvd", "subspace"])
+@pytest.mark.parametrize("method", ["svd", "sthosvd", "subspace", "averaged"])
 def test_mixed_core_basis_spans_the_same_subspaces_with_spread_coordinates(method):
   shape, ranks = (10, 9, 8), (3, 2, 4)
   grad, spaces = _low_rank(jax.random.key(11), shape, ranks)
