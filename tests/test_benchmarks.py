@@ -1,5 +1,7 @@
 """Tests for the benchmarks' own machinery: XLA's peak breakdown and the memory recipes."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from benchmarks import common, memory
+from benchmarks import common, memory, run_tables
 
 
 def test_peak_breakdown_is_found_for_a_program_already_in_the_persistent_cache(tmp_path):
@@ -107,3 +109,39 @@ def test_memory_rows_compare_recipes_on_the_small_model():
     by[(common.FULL_RECIPE, "adamw")]["step_vs_plain_adamw"],
     by[(common.FULL_RECIPE, "adamw")]["step_bytes"] / by[("none", "adamw")]["step_bytes"],
   )
+
+
+def test_run_tables_average_the_seeds_and_divide_by_the_best_adamw(tmp_path):
+  def write(prefix, seed, error, state):
+    run = tmp_path / f"{prefix}{seed}"
+    run.mkdir()
+    metrics = {
+      "config": {"lr": 0.01},
+      "test_rel_l2": error,
+      "train_rel_l2": error / 2,
+      "optimizer_state_bytes": state,
+      "adamw_state_bytes": 100,
+      "history": [{"test_rel_l2": 2 * error}, {"test_rel_l2": error}],
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+  for seed, error in enumerate([0.010, 0.012]):
+    write("a1_", seed, error, 100)
+  for seed, error in enumerate([0.008, 0.010, 0.012]):
+    write("a2_", seed, error, 100)
+  write("tg_", 1, 0.015, 25)  # seed 0 missing: skipped
+  groups = [
+    ("adamw", "x1", str(tmp_path / "a1_")),
+    ("adamw", "x2", str(tmp_path / "a2_")),
+    ("tensor_galore", "x2", str(tmp_path / "tg_")),
+  ]
+  table = run_tables.collect(groups, task="ns64", setting="step", out=tmp_path / "out")
+  assert (tmp_path / "out" / "table.md").read_text() == table + "\n"
+  rows = {
+    r["optimizer"]: r for r in json.loads((tmp_path / "out" / "runs.json").read_text())["summary"]
+  }
+  np.testing.assert_allclose(rows["adamw | x1"]["mean"], 0.011)
+  np.testing.assert_allclose(rows["adamw | x2"]["ratio"], 1.0)  # the best AdamW: mean 0.010
+  np.testing.assert_allclose(rows["tensor_galore | x2"]["ratio"], 1.5)
+  assert rows["tensor_galore | x2"]["seeds"] == [1]
+  assert "| tensor_galore | x2 | 1 | 0.0150 | 0.0150 +- 0.0000 | 1.50 | 0.250 |" in table

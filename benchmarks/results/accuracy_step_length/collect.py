@@ -5,11 +5,9 @@ seeds 0 to 2 where they ran. Run from the repository root, after the commands in
 docs/benchmarks.md#the-steps-length-seeds-0-to-2-lr-24e-2; runs that are missing are skipped.
 """
 
-import json
 import pathlib
 
-from benchmarks import accuracy, common
-from examples.fno.tables import markdown_table
+from benchmarks import run_tables
 
 # (optimizer, the spectral weights' step multiplier, run directory up to the seed)
 GROUPS = [
@@ -23,46 +21,9 @@ GROUPS = [
     "runs/accuracy_lr2.4e-2/accuracy_ns64_tensor_galore_matched_",
   ),
 ]
-COLUMNS = (
-  ("optimizer", lambda s: s["optimizer"].split(" x")[0]),
-  ("spectral step x", lambda s: s["optimizer"].split(" x")[1]),
-  ("seeds", lambda s: ", ".join(str(seed) for seed in s["seeds"])),
-  ("test rel L2 per seed", lambda s: ", ".join(f"{e:.4f}" for e in s["errors"])),
-  ("mean +- std", lambda s: f"{s['mean']:.4f} +- {s['stdev']:.4f}"),
-  ("x best AdamW", lambda s: f"{s['ratio']:.2f}"),
-  ("state x AdamW", lambda s: f"{s['state_ratio']:.3f}"),
-)
 
-runs = []
-for name, scale, prefix in GROUPS:
-  for seed in range(3):
-    path = pathlib.Path(f"{prefix}{seed}") / "metrics.json"
-    if not path.is_file():
-      continue
-    metrics = json.loads(path.read_text())
-    runs.append(
-      {
-        "task": "ns64",
-        "optimizer": f"{name} x{scale}",
-        "seed": seed,
-        "lr": metrics["config"]["lr"],
-        "scale": metrics["config"]["scale"],
-        "test_rel_l2": metrics["test_rel_l2"],
-        "train_rel_l2": metrics["train_rel_l2"],
-        "optimizer_state_bytes": metrics["optimizer_state_bytes"],
-        "adamw_state_bytes": metrics["adamw_state_bytes"],
-        "test_rel_l2_per_epoch": [h["test_rel_l2"] for h in metrics["history"]],
-      }
-    )
-rows = accuracy.summarise(runs)
-best_adamw = min(r["mean"] for r in rows if r["optimizer"].startswith("adamw "))
-for row in rows:
-  row["seeds"] = [r["seed"] for r in runs if r["optimizer"] == row["optimizer"]]
-  row["ratio"] = row["mean"] / best_adamw
-table = markdown_table(rows, COLUMNS)
-out = pathlib.Path(__file__).parent
-(out / "table.md").write_text(table + "\n")
-(out / "runs.json").write_text(
-  json.dumps({"machine": common.machine(), "epochs": 15, "runs": runs, "summary": rows}, indent=2)
+print(
+  run_tables.collect(
+    GROUPS, task="ns64", setting="spectral step x", out=pathlib.Path(__file__).parent
+  )
 )
-print(table)
