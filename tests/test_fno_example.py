@@ -278,6 +278,15 @@ def test_adamw_scale_lengthens_the_spectral_weights_step_only():
     np.testing.assert_allclose(updates["b"], expected["b"], rtol=1e-6)
 
 
+def test_channels_variant_projects_the_channels_and_keeps_every_frequency():
+  params = {"w": np.ones((8, 8, 6, 4), np.complex64), "b": np.ones((8,), np.float32)}
+  tx = optimizers.make_optimizer("tensor_galore_channels", 1e-2, rank=0.25)
+  galore = tx.init(params)[0]
+  # rank 0.25 of the entries on two modes: ceil(8 * 0.5) = 4 channels each.
+  assert [u.shape for u in galore.factors["w"]] == [(8, 4), (8, 4)]
+  assert galore.base_optimizer_state.mu["w"].shape == (4, 4, 6, 4)
+
+
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
   """The parameters saved at ``epoch``, as host arrays in tree order."""
   with ocp.CheckpointManager(out.absolute() / "checkpoints") as manager:
