@@ -50,7 +50,12 @@ def load(groups: Sequence[tuple[str, str, str]], task: str, seeds=range(3)) -> l
 
 
 def collect(
-  groups: Sequence[tuple[str, str, str]], *, task: str, setting: str, out: pathlib.Path
+  groups: Sequence[tuple[str, str, str]],
+  *,
+  task: str,
+  setting: str,
+  out: pathlib.Path,
+  seeds: Sequence[int] = range(3),
 ) -> str:
   """Writes ``table.md`` and ``runs.json`` into ``out`` and returns the table.
 
@@ -59,11 +64,12 @@ def collect(
     task: The task the runs trained on (``"ns64"``, ``"darcy64"``).
     setting: The header of the column that tells the rows of one optimizer apart.
     out: The directory to write into.
+    seeds: The seeds to look for.
 
   Returns:
     The markdown table; ratios are to the AdamW row with the lowest mean.
   """
-  runs = load(groups, task)
+  runs = load(groups, task, seeds)
   rows = accuracy.summarise(runs)
   adamw = [r["mean"] for r in rows if r["optimizer"].startswith("adamw |")]
   best_adamw = min(adamw) if adamw else None
