@@ -13,6 +13,7 @@ import pathlib
 from collections.abc import Sequence
 
 from benchmarks import accuracy, common
+from examples.fno import plots
 from examples.fno.tables import markdown_table
 
 
@@ -56,6 +57,7 @@ def collect(
   setting: str,
   out: pathlib.Path,
   seeds: Sequence[int] = range(3),
+  figure: pathlib.Path | None = None,
 ) -> str:
   """Writes ``table.md`` and ``runs.json`` into ``out`` and returns the table.
 
@@ -65,6 +67,8 @@ def collect(
     setting: The header of the column that tells the rows of one optimizer apart.
     out: The directory to write into.
     seeds: The seeds to look for.
+    figure: Where to write the rows' learning curves (mean test error per
+      epoch over the seeds), if anywhere.
 
   Returns:
     The markdown table; ratios are to the AdamW row with the lowest mean.
@@ -90,4 +94,10 @@ def collect(
   (out / "table.md").write_text(table + "\n")
   summary = {"machine": common.machine(), "task": task, "runs": runs, "summary": rows}
   (out / "runs.json").write_text(json.dumps(summary, indent=2))
+  if figure is not None:
+    curves: dict[str, list] = {}
+    for run in runs:
+      label = run["optimizer"].replace(" | ", ", ")
+      curves.setdefault(label, []).append(run["test_rel_l2_per_epoch"])
+    plots.plot_learning_curves(curves, figure)
   return table

@@ -135,7 +135,11 @@ def test_run_tables_average_the_seeds_and_divide_by_the_best_adamw(tmp_path):
     ("adamw", "x2", str(tmp_path / "a2_")),
     ("tensor_galore", "x2", str(tmp_path / "tg_")),
   ]
-  table = run_tables.collect(groups, task="ns64", setting="step", out=tmp_path / "out")
+  figure = tmp_path / "curves.png"
+  table = run_tables.collect(
+    groups, task="ns64", setting="step", out=tmp_path / "out", figure=figure
+  )
+  assert figure.stat().st_size > 0
   assert (tmp_path / "out" / "table.md").read_text() == table + "\n"
   rows = {
     r["optimizer"]: r for r in json.loads((tmp_path / "out" / "runs.json").read_text())["summary"]

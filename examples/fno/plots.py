@@ -107,3 +107,23 @@ def plot_compare(rows: Sequence[dict], path: str | os.PathLike) -> None:
         ax.annotate(f"{r['rank']:g}", (m, e), textcoords="offset points", xytext=(5, 5))
   ax.set_xscale("log")
   _save(fig, ax, path, "optimizer state (MiB)", "test relative L2")
+
+
+def plot_learning_curves(curves: dict[str, Sequence[Sequence[float]]], path: str | os.PathLike):
+  """Plots the test error per epoch of several optimizers, each the mean over its seeds.
+
+  Args:
+    curves: For each label, one sequence of per-epoch test errors per seed
+      (all of one length); the band spans the seeds' lowest to highest.
+    path: The PNG to write.
+  """
+  fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+  for label, runs in curves.items():
+    runs = np.asarray(runs, dtype=float)
+    epochs = np.arange(1, runs.shape[1] + 1)
+    seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else " (1 seed)"
+    (line,) = ax.plot(epochs, runs.mean(axis=0), label=label + seeds)
+    if len(runs) > 1:
+      ax.fill_between(epochs, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2)
+  ax.set_yscale("log")
+  _save(fig, ax, path, "epoch", "test relative L2")
