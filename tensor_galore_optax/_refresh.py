@@ -257,11 +257,6 @@ def _finish(factors: Factors, previous: Factors, mixed: bool) -> Factors:
   return tuple(_align_phases(f.astype(u.dtype), u) for f, u in zip(factors, previous))
 
 
-def initial_grams(sizes: Sequence[int], batch_shape: tuple[int, ...], dtype) -> Factors:
-  """Zero ``(I_n, I_n)`` Gram matrices, one per projected mode, batch axes in front."""
-  return tuple(jnp.zeros((*batch_shape, size, size), dtype) for size in sizes)
-
-
 def accumulate_grams(
   grams: Factors, tensor: jax.Array, modes: Sequence[int], decay: jax.typing.ArrayLike
 ) -> Factors:

@@ -259,11 +259,8 @@ def _gram_shapes(plan: TuckerPlan | None, method) -> tuple:
 
 
 def _init_grams(plan: TuckerPlan | None, param, *, method, factor_dtype):
-  if not _gram_shapes(plan, method):
-    return ()
-  sizes = [plan.mode_sizes[n] for n in plan.projected_modes]
   dtype = _factor_dtype(param.dtype, factor_dtype)
-  return _refresh.initial_grams(sizes, plan.batch_shape, dtype)
+  return tuple(jnp.zeros(shape, dtype) for shape in _gram_shapes(plan, method))
 
 
 def _held_grams(path, plan: TuckerPlan | None, grad, held, *, method) -> tuple:

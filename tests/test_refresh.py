@@ -43,7 +43,7 @@ def _refresh_by(t, previous, modes, method):
   """
   if method != _refresh.AVERAGED:
     return _refresh.refresh_factors(t, previous, modes, method)
-  grams = _refresh.initial_grams([t.shape[n] for n in modes], (), previous[0].dtype)
+  grams = tuple(jnp.zeros((t.shape[n], t.shape[n]), previous[0].dtype) for n in modes)
   return _refresh.factors_from_grams(_refresh.accumulate_grams(grams, t, modes, 0.0), previous)
 
 
