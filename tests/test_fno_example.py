@@ -287,6 +287,15 @@ def test_channels_variant_projects_the_channels_and_keeps_every_frequency():
   assert galore.base_optimizer_state.mu["w"].shape == (4, 4, 6, 4)
 
 
+def test_in_channels_variant_projects_the_input_channels_only():
+  params = {"w": np.ones((8, 8, 6, 4), np.complex64), "b": np.ones((8,), np.float32)}
+  tx = optimizers.make_optimizer("tensor_galore_in_channels", 1e-2, rank=0.25)
+  galore = tx.init(params)[0]
+  # rank 0.25 of the input channels: 2 of 8; every other axis kept.
+  assert [u.shape for u in galore.factors["w"]] == [(8, 2)]
+  assert galore.base_optimizer_state.mu["w"].shape == (2, 8, 6, 4)
+
+
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
   """The parameters saved at ``epoch``, as host arrays in tree order."""
   with ocp.CheckpointManager(out.absolute() / "checkpoints") as manager:

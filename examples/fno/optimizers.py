@@ -22,6 +22,10 @@ other leaf keeps full-size Adam moments.
 * ``tensor_galore_channels``: ``tensor_galore_matched`` with only the two
   channel modes projected: each Fourier mode keeps its own coordinates, so
   Adam normalises every frequency on its own as it does at full size.
+* ``tensor_galore_in_channels``: ``tensor_galore_matched`` with only the input
+  channels projected: the core holds as many entries as ``tensor_galore_channels``'
+  at the same rank (a quarter at rank 0.25), and Adam sees every output
+  channel and every frequency in its own coordinates.
 * ``tensor_galore_fira``: Tensor-GaLore with ``residual="scaled"``: the part of
   each gradient outside the subspace is added back, scaled by how much Adam
   lengthened the projected gradient (Fira).
@@ -63,6 +67,8 @@ MATRIX = TuckerSpec(modes=(0, (1, 2, 3)), num_projected=1)
 # among equal sizes): in the presets, 32 or 24 channels against 16 and 9 or
 # 8 and 5 kept frequencies, 64 and 64 against 64 and 33 for NS-128.
 CHANNELS = TuckerSpec(num_projected=2)
+# The first of those: the input channels.
+IN_CHANNELS = TuckerSpec(num_projected=1)
 
 # ``make(learning_rate, rank, *, weight_decay, update_proj_gap, moment_policy,
 # refresh_method) -> optimizer``.
@@ -180,6 +186,7 @@ OPTIMIZERS: dict[str, Variant] = {
   "tensor_galore_mixed": Variant(projected(TUCKER, core_basis="mixed")),
   "tensor_galore_matched": Variant(projected(TUCKER, scale="matched")),
   "tensor_galore_channels": Variant(projected(CHANNELS, scale="matched")),
+  "tensor_galore_in_channels": Variant(projected(IN_CHANNELS, scale="matched")),
   "tensor_galore_fira": Variant(projected(TUCKER, residual="scaled")),
   "tensor_galore_factored": Variant(normalized(TUCKER, scale_by_factored_rms(b2=0.999))),
   "tensor_galore_rms": Variant(
