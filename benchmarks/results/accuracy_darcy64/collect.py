@@ -11,7 +11,8 @@ from benchmarks import run_tables
 
 # (optimizer, setting, run directory up to the seed)
 GROUPS = [
-  ("adamw", "-", "runs/darcy_lr2.4e-2/accuracy_darcy64_adamw_"),
+  ("adamw", "spectral step x1", "runs/darcy_lr2.4e-2/accuracy_darcy64_adamw_"),
+  ("adamw", "spectral step x2", "runs/darcy_adamw_x2/accuracy_darcy64_adamw_"),
   (
     "tensor_galore_matched",
     "rank 0.2",
@@ -21,6 +22,11 @@ GROUPS = [
     "tensor_galore_channels",
     "rank 0.25, channels only",
     "runs/darcy_channels_lr2.4e-2/accuracy_darcy64_tensor_galore_channels_",
+  ),
+  (
+    "tensor_galore_in_channels",
+    "rank 0.25, input channels only",
+    "runs/darcy_in_channels/accuracy_darcy64_tensor_galore_in_channels_",
   ),
 ]
 
