@@ -35,6 +35,11 @@ GROUPS = [
     'rank 0.25, channels only, "matched"',
     "runs/channels_lr2.4e-2/accuracy_ns64_tensor_galore_channels_",
   ),
+  (
+    "tensor_galore_in_channels",
+    'rank 0.25, input channels only, "matched"',
+    "runs/in_channels_lr2.4e-2/accuracy_ns64_tensor_galore_in_channels_",
+  ),
 ]
 
 print(
