@@ -71,14 +71,18 @@ def collect(
       epoch over the seeds), if anywhere.
 
   Returns:
-    The markdown table; ratios are to the AdamW row with the lowest mean.
+    The markdown table; ratios are to the AdamW row with the lowest mean
+    among those with the most seeds.
   """
   runs = load(groups, task, seeds)
   rows = accuracy.summarise(runs)
-  adamw = [r["mean"] for r in rows if r["optimizer"].startswith("adamw |")]
-  best_adamw = min(adamw) if adamw else None
   for row in rows:
     row["seeds"] = [r["seed"] for r in runs if r["optimizer"] == row["optimizer"]]
+  adamw = [r for r in rows if r["optimizer"].startswith("adamw |")]
+  # A row of fewer seeds is not a fair reference: one lucky seed would set every ratio.
+  most = max((len(r["seeds"]) for r in adamw), default=0)
+  best_adamw = min((r["mean"] for r in adamw if len(r["seeds"]) == most), default=None)
+  for row in rows:
     row["ratio"] = row["mean"] / best_adamw if best_adamw else None
   columns = (
     ("optimizer", lambda s: s["optimizer"].split(" | ")[0]),
