@@ -30,7 +30,10 @@ class TuckerSpec:
   Matrix GaLore is a spec: group the axes into two modes and project one of
   them, e.g. ``TuckerSpec(modes=(0, (1, 2, 3)), num_projected=1)`` sees an
   ``(in, out, mx, my)`` weight as an ``(in, out * mx * my)`` matrix and
-  projects its larger side, as GaLore does.
+  projects its larger side, as ``optax.contrib.galore`` does (the smaller
+  state). GaLore's reference code projects the smaller side instead, here
+  the input channels: ``TuckerSpec(modes=(0, (1, 2, 3)), rank=(r, None))``,
+  which updates exactly as ``TuckerSpec(num_projected=1)`` at rank ``r``.
 
   Stacked layers (a scanned model's ``(L, in, out, mx, my)`` weight) name
   their layer axis in ``batch_axes``: each layer then gets its own factors

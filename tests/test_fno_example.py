@@ -296,6 +296,19 @@ def test_in_channels_variant_projects_the_input_channels_only():
   assert galore.base_optimizer_state.mu["w"].shape == (2, 8, 6, 4)
 
 
+def test_galore_matched_lengthens_galores_update_to_adams_step():
+  params = {"w": np.ones((4, 4, 6, 4), np.complex64)}
+  grads = {"w": np.arange(384, dtype=np.float32).reshape(4, 4, 6, 4) * (1 - 0.5j)}
+  # An int rank, as a matched GaLore rank is: 3 of the 96 columns of the (4, 96) matrix.
+  tx, plain = (optimizers.make_optimizer(n, 1e-2, rank=3) for n in ("galore_matched", "galore"))
+  assert [u.shape for u in tx.init(params)[0].factors["w"]] == [(96, 3)]
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  plain_updates, _ = jax.jit(plain.update)(grads, plain.init(params), params)
+  decay = -1e-2 * 1e-4 * params["w"]  # decoupled weight decay is not scaled
+  scale = np.sqrt(384 / (4 * 3))
+  np.testing.assert_allclose(updates["w"], scale * (plain_updates["w"] - decay) + decay, rtol=1e-5)
+
+
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
   """The parameters saved at ``epoch``, as host arrays in tree order."""
   with ocp.CheckpointManager(out.absolute() / "checkpoints") as manager:

@@ -142,6 +142,26 @@ def test_matrix_galore_spec_matches_optax_contrib_scale_by_galore():
     chex.assert_trees_all_close(updates, ref_updates, atol=1e-4, rtol=1e-4)
 
 
+def test_reference_galore_side_is_the_one_mode_tucker_projection():
+  """GaLore's reference orientation of an FNO kernel, ``(in, out * mx * my)``
+  with the smaller side projected, updates exactly as projecting mode 0 alone."""
+  key = jax.random.key(9)
+  shape = (8, 8, 6, 4)
+  params = {"w": _complex_normal(key, shape)}
+  settings = dict(update_proj_gap=3, min_size=1, scale="matched")
+  matrix = tensor_galore(2, spec=TuckerSpec(modes=(0, (1, 2, 3)), rank=(2, None)), **settings)
+  one_mode = tensor_galore(2, spec=TuckerSpec(num_projected=1), **settings)
+  state, one_state = matrix.init(params), one_mode.init(params)
+  assert [f.shape for f in state.factors["w"]] == [(8, 2)]
+  assert [f.shape for f in one_state.factors["w"]] == [(8, 2)]
+  for _ in range(7):  # three refreshes
+    key, sub = jax.random.split(key)
+    grads = {"w": params["w"] + 0.3 * _complex_normal(sub, shape)}
+    updates, state = jax.jit(matrix.update)(grads, state)
+    one_updates, one_state = jax.jit(one_mode.update)(grads, one_state)
+    chex.assert_trees_all_close(updates, one_updates, atol=1e-6, rtol=1e-6)
+
+
 # --- optax composition ------------------------------------------------------------------------
 
 

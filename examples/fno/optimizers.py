@@ -9,8 +9,13 @@ other leaf keeps full-size Adam moments.
 * ``galore``: matrix GaLore. Each spectral weight is seen as an
   ``(in, out * mx * my)`` matrix and one side is projected, the larger one,
   which is the side that gives the smaller state (factor ``a x r`` plus two
-  moments ``b x r``: ``r (a + 2 b)`` is smallest with ``a >= b``). It is a
-  `TuckerSpec` of `tensor_galore`, so it handles complex weights correctly.
+  moments ``b x r``: ``r (a + 2 b)`` is smallest with ``a >= b``), as
+  ``optax.contrib.galore`` does. It is a `TuckerSpec` of `tensor_galore`, so
+  it handles complex weights correctly. GaLore's reference code projects the
+  other side, the input channels: that is ``tensor_galore_in_channels``.
+* ``galore_matched``: ``galore`` with ``scale="matched"``: its update lengthened
+  to full-size Adam's step, as in ``tensor_galore_matched``, so that it runs at
+  the learning rate tuned for the others.
 * ``tensor_galore``: every mode of each spectral weight projected (Tucker).
 * ``tensor_galore_mixed``: Tensor-GaLore with ``core_basis="mixed"``: the same
   subspaces, the cores' coordinates rotated so that Adam does not normalise
@@ -25,7 +30,9 @@ other leaf keeps full-size Adam moments.
 * ``tensor_galore_in_channels``: ``tensor_galore_matched`` with only the input
   channels projected: the core holds as many entries as ``tensor_galore_channels``'
   at the same rank (a quarter at rank 0.25), and Adam sees every output
-  channel and every frequency in its own coordinates.
+  channel and every frequency in its own coordinates. It is also matrix GaLore
+  as GaLore's reference code orients it (the smaller side of the
+  ``(in, out * mx * my)`` matrix projected), with the matched step.
 * ``tensor_galore_fira``: Tensor-GaLore with ``residual="scaled"``: the part of
   each gradient outside the subspace is added back, scaled by how much Adam
   lengthened the projected gradient (Fira).
@@ -182,6 +189,7 @@ class Variant(NamedTuple):
 OPTIMIZERS: dict[str, Variant] = {
   "adamw": Variant(adamw, default_rank=None),
   "galore": Variant(projected(MATRIX), default_rank="matched"),
+  "galore_matched": Variant(projected(MATRIX, scale="matched"), default_rank="matched"),
   "tensor_galore": Variant(projected(TUCKER)),
   "tensor_galore_mixed": Variant(projected(TUCKER, core_basis="mixed")),
   "tensor_galore_matched": Variant(projected(TUCKER, scale="matched")),
