@@ -33,7 +33,7 @@ class TuckerSpec:
   projects its larger side, as ``optax.contrib.galore`` does (the smaller
   state). GaLore's reference code projects the smaller side instead, here
   the input channels: ``TuckerSpec(modes=(0, (1, 2, 3)), rank=(r, None))``,
-  which updates exactly as ``TuckerSpec(num_projected=1)`` at rank ``r``.
+  which updates exactly as mode 0 alone, ``TuckerSpec(rank=(r, None, None, None))``.
 
   Stacked layers (a scanned model's ``(L, in, out, mx, my)`` weight) name
   their layer axis in ``batch_axes``: each layer then gets its own factors

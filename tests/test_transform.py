@@ -150,7 +150,7 @@ def test_reference_galore_side_is_the_one_mode_tucker_projection():
   params = {"w": _complex_normal(key, shape)}
   settings = dict(update_proj_gap=3, min_size=1, scale="matched")
   matrix = tensor_galore(2, spec=TuckerSpec(modes=(0, (1, 2, 3)), rank=(2, None)), **settings)
-  one_mode = tensor_galore(2, spec=TuckerSpec(num_projected=1), **settings)
+  one_mode = tensor_galore(2, spec=TuckerSpec(rank=(2, None, None, None)), **settings)
   state, one_state = matrix.init(params), one_mode.init(params)
   assert [f.shape for f in state.factors["w"]] == [(8, 2)]
   assert [f.shape for f in one_state.factors["w"]] == [(8, 2)]

@@ -19,13 +19,18 @@ GROUPS = [
     "runs/darcy_lr2.4e-2/accuracy_darcy64_tensor_galore_matched_",
   ),
   (
+    "galore_matched",
+    'matched bytes, larger side, "matched"',
+    "runs/galore_matched/accuracy_darcy64_galore_matched_",
+  ),
+  (
     "tensor_galore_channels",
     "rank 0.25, channels only",
     "runs/darcy_channels_lr2.4e-2/accuracy_darcy64_tensor_galore_channels_",
   ),
   (
     "tensor_galore_in_channels",
-    "rank 0.25, input channels only",
+    "rank 0.25, input channels only (= matrix GaLore, reference side)",
     "runs/darcy_in_channels/accuracy_darcy64_tensor_galore_in_channels_",
   ),
 ]

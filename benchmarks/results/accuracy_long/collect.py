@@ -18,6 +18,11 @@ GROUPS = [
     "rank 0.25, channels only, 60 epochs",
     "runs/darcy_long/accuracy_darcy64_tensor_galore_channels_",
   ),
+  (
+    "tensor_galore_in_channels",
+    "rank 0.25, input channels only, 60 epochs",
+    "runs/darcy_long/accuracy_darcy64_tensor_galore_in_channels_",
+  ),
 ]
 
 print(

@@ -31,13 +31,23 @@ GROUPS = [
     "runs/accuracy_lr2.4e-2/accuracy_ns64_tensor_galore_matched_",
   ),
   (
+    "galore_matched",
+    'matched bytes, larger side, "matched", lr 4.8e-2',
+    "runs/galore_matched_lr4.8e-2/accuracy_ns64_galore_matched_",
+  ),
+  (
+    "galore_matched",
+    'matched bytes, larger side, "matched"',
+    "runs/galore_matched/accuracy_ns64_galore_matched_",
+  ),
+  (
     "tensor_galore_channels",
     'rank 0.25, channels only, "matched"',
     "runs/channels_lr2.4e-2/accuracy_ns64_tensor_galore_channels_",
   ),
   (
     "tensor_galore_in_channels",
-    'rank 0.25, input channels only, "matched"',
+    'rank 0.25, input channels only (= matrix GaLore, reference side), "matched"',
     "runs/in_channels_lr2.4e-2/accuracy_ns64_tensor_galore_in_channels_",
   ),
 ]
