@@ -309,6 +309,25 @@ def test_galore_matched_lengthens_galores_update_to_adams_step():
   np.testing.assert_allclose(updates["w"], scale * (plain_updates["w"] - decay) + decay, rtol=1e-5)
 
 
+def test_scale_multiplies_a_matched_variants_spectral_step():
+  params = {"w": np.ones((8, 8, 6, 4), np.complex64), "b": np.ones((8,), np.float32)}
+  grads = {
+    "w": np.arange(1536, dtype=np.float32).reshape(8, 8, 6, 4) * (1 - 0.5j),
+    "b": np.linspace(-1, 1, 8, dtype=np.float32),
+  }
+
+  def update(scale):
+    tx = optimizers.make_optimizer("tensor_galore_in_channels", 1e-2, rank=0.25, scale=scale)
+    return jax.jit(tx.update)(grads, tx.init(params), params)[0]
+
+  base, doubled = update(1.0), update(2.0)
+  decay = -1e-2 * 1e-4 * params["w"]  # decoupled weight decay is not scaled
+  np.testing.assert_allclose(doubled["w"], 2 * (base["w"] - decay) + decay, rtol=1e-5)
+  # Unscaled; 1e-5 since `tensor_galore_adamw` takes Adam's decay rates as
+  # float32 arrays and the chain built for a scale as Python floats.
+  np.testing.assert_allclose(doubled["b"], base["b"], rtol=1e-5)
+
+
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
   """The parameters saved at ``epoch``, as host arrays in tree order."""
   with ocp.CheckpointManager(out.absolute() / "checkpoints") as manager:

@@ -87,6 +87,11 @@ def is_spectral(leaf) -> bool:
   return jnp.iscomplexobj(leaf) and leaf.ndim in (4, 5)
 
 
+def spectral_mask(params):
+  """`is_spectral` of every leaf: the mask of `optax.masked` for the spectral weights."""
+  return jax.tree.map(is_spectral, params)
+
+
 def stacked(spec: TuckerSpec) -> TuckerSpec:
   """``spec`` for the same weights stacked on a new leading layer axis.
 
@@ -120,7 +125,7 @@ def adamw(learning_rate, rank, *, weight_decay, scale=1.0, **_) -> optax.Gradien
     return optax.adamw(learning_rate, weight_decay=weight_decay)
   return optax.chain(
     optax.scale_by_adam(),
-    optax.masked(optax.scale(scale), lambda params: jax.tree.map(is_spectral, params)),
+    optax.masked(optax.scale(scale), spectral_mask),
     optax.add_decayed_weights(weight_decay),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -138,9 +143,23 @@ def projected(spec: TuckerSpec, **fixed) -> Factory:
     ``make(learning_rate, rank, **settings) -> optimizer``.
   """
 
-  def make(learning_rate, rank, **settings):
+  def make(learning_rate, rank, *, weight_decay, scale=1.0, **settings):
     settings = {**settings, **fixed}
-    return tensor_galore_adamw(learning_rate, rank, spec=spectral_spec(spec), **settings)
+    if "scale" not in fixed or scale == 1.0:
+      settings.setdefault("scale", scale)
+      return tensor_galore_adamw(
+        learning_rate, rank, spec=spectral_spec(spec), weight_decay=weight_decay, **settings
+      )
+    # The variant fixes its own scale ("matched"): the run's multiplies it, on
+    # the spectral weights and before the decay, as `adamw`'s multiplies Adam's.
+    return optax.chain(
+      tensor_galore(
+        rank, base_optimizer=optax.scale_by_adam(), spec=spectral_spec(spec), **settings
+      ),
+      optax.masked(optax.scale(scale), spectral_mask),
+      optax.add_decayed_weights(weight_decay),
+      optax.scale_by_learning_rate(learning_rate),
+    )
 
   return make
 
@@ -233,7 +252,8 @@ def make_optimizer(
     refresh_method: How factors are recomputed (see `tensor_galore`).
     scale: Multiplies the back-projected update of the projected weights
       (see `tensor_galore`); for ``adamw``, Adam's update of the spectral
-      weights.
+      weights; for a variant with its own scale (``"matched"``), that
+      scale's update of the spectral weights.
 
   Returns:
     The optimizer.
