@@ -17,12 +17,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str) -> None:
-  """Labels the axes, adds a grid and the legend, writes ``path`` and closes the figure."""
+def _save(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, *, below=False) -> None:
+  """Labels the axes, adds a grid and the legend, writes ``path`` and closes the figure.
+
+  ``below`` puts the legend under the axes, one entry per line, for many or
+  long labels that would cover the curves.
+  """
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
+  if below:
+    fig.legend(loc="outside lower center", fontsize="small")
+  else:
+    ax.legend()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -117,7 +124,8 @@ def plot_learning_curves(curves: dict[str, Sequence[Sequence[float]]], path: str
       (all of one length); the band spans the seeds' lowest to highest.
     path: The PNG to write.
   """
-  fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+  # The legend goes below the axes: a line of height per label.
+  fig, ax = plt.subplots(figsize=(7, 4 + 0.22 * len(curves)), layout="constrained")
   for label, runs in curves.items():
     runs = np.asarray(runs, dtype=float)
     epochs = np.arange(1, runs.shape[1] + 1)
@@ -126,4 +134,4 @@ def plot_learning_curves(curves: dict[str, Sequence[Sequence[float]]], path: str
     if len(runs) > 1:
       ax.fill_between(epochs, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2)
   ax.set_yscale("log")
-  _save(fig, ax, path, "epoch", "test relative L2")
+  _save(fig, ax, path, "epoch", "test relative L2", below=True)
