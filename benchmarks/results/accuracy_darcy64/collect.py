@@ -38,6 +38,11 @@ GROUPS = [
     "rank 0.25, input channels only, step x2",
     "runs/darcy_in_channels_x2/accuracy_darcy64_tensor_galore_in_channels_",
   ),
+  (
+    "tensor_galore_in_channels",
+    "rank 0.33 (8 of 24), input channels only, step x2",
+    "runs/darcy_in_channels_r033_x2/accuracy_darcy64_tensor_galore_in_channels_",
+  ),
 ]
 
 print(

@@ -32,11 +32,6 @@ GROUPS = [
   ),
   (
     "galore_matched",
-    'matched bytes, larger side, "matched", lr 1.2e-2',
-    "runs/galore_matched_lr1.2e-2/accuracy_ns64_galore_matched_",
-  ),
-  (
-    "galore_matched",
     'matched bytes, larger side, "matched", lr 4.8e-2',
     "runs/galore_matched_lr4.8e-2/accuracy_ns64_galore_matched_",
   ),
