@@ -50,6 +50,11 @@ GROUPS = [
     'rank 0.25, input channels only (= matrix GaLore, reference side), "matched"',
     "runs/in_channels_lr2.4e-2/accuracy_ns64_tensor_galore_in_channels_",
   ),
+  (
+    "tensor_galore_in_channels",
+    'rank 0.33 (11 of 32), input channels only, "matched" x2',
+    "runs/in_channels_r033_x2/accuracy_ns64_tensor_galore_in_channels_",
+  ),
 ]
 
 print(
