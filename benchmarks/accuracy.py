@@ -1,22 +1,26 @@
-"""Accuracy: the example's optimizers on Navier-Stokes and Darcy, several seeds each.
+"""Accuracy studies: the example's optimizers trained side by side, several seeds each.
 
-Trains the FNO example once per (task, optimizer, seed), everything else equal
-(data, model, schedule, epochs), and reports the test relative L2 per run, its
-mean and spread per optimizer and task, the ratio to AdamW's mean, and the
-optimizer state against AdamW's. ``galore`` is matrix GaLore at the int rank
-whose state matches Tensor-GaLore's bytes at ``--tensor-rank``. A figure of the
-means (with the spread) is written beside the table.
+A study is a committed definition in `STUDIES`: its tasks, its rows (an
+optimizer of the FNO example with its settings) and its seeds. Every run of a
+study is the example's training with the task's data and model, the study's and
+the row's settings, and one seed; its result (test error per epoch, state
+bytes, the full configuration) is committed data in
+``benchmarks/results/accuracy/<study>.json``, from which the table
+(``<study>.md`` beside it) and the learning-curve figure
+(``docs/assets/accuracy_<study>.png``) are made.
 
 Usage, from the repository root::
 
-  python -m benchmarks.accuracy --tasks ns64,darcy64 --seeds 0,1,2 \\
-      --optimizers adamw,galore,tensor_galore,tensor_galore_factored \\
-      --out benchmarks/results/accuracy.json
+  python -m benchmarks.accuracy --study main               # train the missing runs, tabulate
+  python -m benchmarks.accuracy --study main --seeds 0     # only seed 0 of every row
+  python -m benchmarks.accuracy --collect                  # every study's table, from the data
 
-``--collect`` tabulates the runs already finished beside ``--out`` without
-training. ``--lr adamw=3e-3,tensor_galore=6e-3`` sets a learning rate per optimizer (the
-others keep the example's); ``--epochs`` sets the budget of every run.
+Every ratio is to one AdamW reference per task: among the AdamW rows, those
+with the most seeds, and of them the lowest mean (one lucky seed does not set
+the ratios).
 """
+
+from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -24,196 +28,317 @@ import json
 import pathlib
 import statistics
 import sys
+from typing import Any
 
 from benchmarks import common
-from examples.fno import configs, optimizers, plots
+from examples.fno import configs, plots
 from examples.fno.tables import markdown_table
+from examples.fno.train import train_and_evaluate
 
-TASKS = {
-  # The example's defaults: vorticity at t = 0 to t = 1, 64 x 64, small FNO.
+RESULTS = pathlib.Path("benchmarks/results/accuracy")
+FIGURES = pathlib.Path("docs/assets")
+
+TASKS: dict[str, dict[str, Any]] = {
+  # The example's defaults: vorticity at t = 0 to t = 1, 64 x 64, the small FNO.
   "ns64": {},
   # Generated Darcy flow at 64 x 64 with the Darcy model preset.
   "darcy64": {"pde": "darcy", "preset": "darcy", "resolution": 64},
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of a study: an optimizer of the example with its settings.
+
+  Attributes:
+    label: The row's name in the table and the figure.
+    settings: `configs.Config` fields of its runs (``optimizer`` at least).
+  """
+
+  label: str
+  settings: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A committed accuracy study.
+
+  Attributes:
+    description: One line: what the study compares.
+    tasks: Keys of `TASKS`.
+    rows: The rows, in the table's order.
+    seeds: The seeds every row trains with.
+    settings: `configs.Config` fields shared by every row. Every setting the
+      results depend on is named here or in the rows, not left to the
+      example's defaults, so that a run reproduces the committed one.
+  """
+
+  description: str
+  tasks: tuple[str, ...]
+  rows: tuple[Row, ...]
+  seeds: tuple[int, ...] = (0, 1, 2)
+  settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_SWEEP_LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2)
+
+STUDIES: dict[str, Study] = {
+  "main": Study(
+    "AdamW, matrix GaLore, Tensor-GaLore and the input channels, at the tuned learning rate",
+    tasks=("ns64", "darcy64"),
+    rows=(
+      Row("adamw", {"optimizer": "adamw"}),
+      # The int rank whose state matches tensor_galore's bytes at rank 0.2.
+      Row("galore, larger side (optax's), matched bytes", {"optimizer": "galore"}),
+      Row("tensor_galore, every mode, rank 0.2", {"optimizer": "tensor_galore"}),
+      Row(
+        "tensor_galore_in_channels, rank 0.25 (GaLore's reference side)",
+        {"optimizer": "tensor_galore_in_channels", "tensor_rank": 0.25},
+      ),
+    ),
+    settings={"lr": 2.4e-2, "scale": "matched", "tensor_rank": 0.2, "epochs": 15},
+  ),
+  "lr_sweep": Study(
+    "The peak learning rate of AdamW and of Tensor-GaLore with the paper's step (scale 1)",
+    tasks=("ns64",),
+    rows=tuple(
+      Row(f"{name}, lr {lr:g}", {"optimizer": name, "lr": lr})
+      for name in ("adamw", "tensor_galore")
+      for lr in _SWEEP_LRS
+    ),
+    seeds=(0,),
+    settings={"scale": 1.0, "tensor_rank": 0.2, "epochs": 15},
+  ),
+  "moment_policy": Study(
+    "What Adam's moments do at a refresh: keep, reset or rotate (a refresh every epoch)",
+    tasks=("ns64",),
+    rows=tuple(
+      Row(policy, {"optimizer": "tensor_galore", "moment_policy": policy})
+      for policy in ("keep", "reset", "rotate")
+    ),
+    settings={
+      "lr": 3e-3,
+      "scale": 1.0,
+      "rank": 0.25,
+      "epochs": 6,
+      "update_proj_gap": 50,
+    },
+  ),
+}
+
+
+def _row_settings(study: Study, row: Row) -> dict[str, Any]:
+  return {**study.settings, **row.settings}
+
+
+def data_path(name: str) -> pathlib.Path:
+  return RESULTS / f"{name}.json"
+
+
+def load_runs(name: str) -> list[dict]:
+  """The committed runs of study ``name`` (none if it has no data yet)."""
+  path = data_path(name)
+  return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def _save_runs(name: str, runs: list[dict]) -> None:
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  study = STUDIES[name]
+  document = {"study": name, "description": study.description, "runs": runs}
+  data_path(name).write_text(json.dumps(document, indent=1) + "\n")
+
+
+def _matches(run: dict, study: Study, row: Row) -> bool:
+  """Whether a committed run was trained with the row's settings (and its task's)."""
+  wanted = {**TASKS[run["task"]], **_row_settings(study, row)}
+  return all(run["config"].get(k) == v for k, v in wanted.items())
+
+
+def _run_config(study: Study, row: Row, task: str, seed: int, args) -> configs.Config:
+  slug = "".join(c if c.isalnum() else "_" for c in row.label).strip("_")
+  return dataclasses.replace(
+    configs.Config(),
+    **TASKS[task],
+    **_row_settings(study, row),
+    seed=seed,
+    out=str(args.runs / args.study / f"{task}_{slug}_{seed}"),
+    overwrite=args.overwrite,
+    resume=args.resume,
+    progress=False,
+  )
+
+
+def _record(task: str, row: Row, config: configs.Config, metrics: dict) -> dict:
+  """One run's committed data."""
+  import tensor_galore_optax
+
+  return {
+    "task": task,
+    "row": row.label,
+    "seed": config.seed,
+    "version": tensor_galore_optax.__version__,
+    "machine": common.machine(),
+    "test_rel_l2": metrics["test_rel_l2"],
+    "train_rel_l2": metrics["train_rel_l2"],
+    "optimizer_state_bytes": metrics["optimizer_state_bytes"],
+    "adamw_state_bytes": metrics["adamw_state_bytes"],
+    "test_rel_l2_per_epoch": [h["test_rel_l2"] for h in metrics["history"]],
+    "wall_seconds": metrics["wall_seconds"],
+    "config": {k: v for k, v in metrics["config"].items() if k not in ("out", "overwrite")},
+  }
+
+
+def summarise(study: Study, runs: list[dict]) -> list[dict]:
+  """One row per (task, study row) with runs: errors per seed, mean, spread, ratios.
+
+  Raises:
+    ValueError: If a run's recorded settings are not its row's.
+  """
+  by_label = {row.label: row for row in study.rows}
+  for run in runs:
+    row = by_label.get(run["row"])
+    if row is None or not _matches(run, study, row):
+      raise ValueError(
+        f"run {run['task']} / {run['row']!r} / seed {run['seed']} was not trained with the "
+        "study's settings for that row: its data does not belong to this study"
+      )
+  table = []
+  for task in study.tasks:
+    for row in study.rows:
+      group = sorted(
+        (r for r in runs if r["task"] == task and r["row"] == row.label), key=lambda r: r["seed"]
+      )
+      if not group:
+        continue
+      errors = [r["test_rel_l2"] for r in group]
+      table.append(
+        {
+          "task": task,
+          "row": row.label,
+          "adamw": row.settings["optimizer"] == "adamw",
+          "seeds": [r["seed"] for r in group],
+          "errors": errors,
+          # Runs recorded without their per-epoch errors have no curve.
+          "curves": [r["test_rel_l2_per_epoch"] for r in group if r["test_rel_l2_per_epoch"]],
+          "mean": statistics.mean(errors),
+          "stdev": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+          "state_ratio": group[0]["optimizer_state_bytes"] / group[0]["adamw_state_bytes"],
+        }
+      )
+  for task in study.tasks:
+    reference = adamw_reference([r for r in table if r["task"] == task])
+    for r in table:
+      if r["task"] == task:
+        r["ratio"] = None if reference is None else r["mean"] / reference
+  return table
+
+
+def adamw_reference(rows: list[dict]) -> float | None:
+  """The mean of the AdamW row with the most seeds (the lowest mean among equals)."""
+  adamw = [r for r in rows if r["adamw"]]
+  if not adamw:
+    return None
+  most = max(len(r["seeds"]) for r in adamw)
+  return min(r["mean"] for r in adamw if len(r["seeds"]) == most)
+
+
 COLUMNS = (
   ("task", lambda s: s["task"]),
-  ("optimizer", lambda s: s["optimizer"]),
-  ("lr", lambda s: f"{s['lr']:g}"),
+  ("optimizer, setting", lambda s: s["row"]),
+  ("seeds", lambda s: ", ".join(str(seed) for seed in s["seeds"])),
   ("test rel L2 per seed", lambda s: ", ".join(f"{e:.4f}" for e in s["errors"])),
   ("mean +- std", lambda s: f"{s['mean']:.4f} +- {s['stdev']:.4f}"),
-  ("x AdamW", lambda s: f"{s['ratio']:.2f}" if s["ratio"] else "-"),
+  ("x AdamW", lambda s: "-" if s["ratio"] is None else f"{s['ratio']:.2f}"),
   ("state x AdamW", lambda s: f"{s['state_ratio']:.3f}"),
 )
 
 
-def _pairs(text: str) -> dict[str, float]:
-  pairs = dict(item.split("=", 1) for item in text.split(",") if item)
-  return {name: float(value) for name, value in pairs.items()}
+def collect(name: str) -> str:
+  """Writes study ``name``'s table and figure from its committed data; returns the table."""
+  study = STUDIES[name]
+  rows = summarise(study, load_runs(name))
+  if not rows:
+    return f"{name}: no runs yet ({data_path(name)})"
+  table = markdown_table(rows, COLUMNS)
+  (RESULTS / f"{name}.md").write_text(table + "\n")
+  panels = {
+    task: {r["row"]: r["curves"] for r in rows if r["task"] == task and r["curves"]}
+    for task in study.tasks
+  }
+  panels = {task: curves for task, curves in panels.items() if curves}
+  if panels:
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    plots.plot_learning_curves(panels, FIGURES / f"accuracy_{name}.png")
+  return table
 
 
-def _settings(text: str) -> dict:
-  """``FIELD=VALUE,...`` as `configs.Config` fields, each value of its default's type."""
-  defaults = configs.Config()
-  settings = {}
-  for item in filter(None, text.split(",")):
-    name, value = item.split("=", 1)
-    if not hasattr(defaults, name):
-      raise ValueError(f"no setting {name!r}")
-    settings[name] = _parse(value, getattr(defaults, name))
-  return settings
+def train(args, parser) -> None:
+  """Trains the runs of ``args.study`` that its data lacks (all with ``--overwrite``)."""
+  study = STUDIES[args.study]
+  seeds = study.seeds if args.seeds is None else args.seeds
+  runs = [] if args.overwrite else load_runs(args.study)
+  done = {(r["task"], r["row"], r["seed"]) for r in runs}
+  plan = [
+    (task, row, _run_config(study, row, task, seed, args))
+    for task in study.tasks
+    for row in study.rows
+    for seed in seeds
+    if (task, row.label, seed) not in done
+  ]
+  print(f"{args.study}: {len(plan)} runs to train, {len(runs)} in {data_path(args.study)}")
+  # Every run's settings are checked before the first one trains.
+  common.check_all(parser, [config for _, _, config in plan])
+  for task, row, config in plan:
+    metrics = train_and_evaluate(config)
+    runs.append(_record(task, row, config, metrics))
+    _save_runs(args.study, runs)  # after every run: an interrupted study keeps what it trained
+    print(f"{task} | {row.label} | seed {config.seed}: {metrics['test_rel_l2']:.4f}", flush=True)
 
 
-def _parse(value: str, default):
-  """``value`` as the type of ``default``; a number if it reads as one where that is None."""
-  if isinstance(default, bool):
-    return value.lower() in ("1", "true", "yes")
-  if default is not None:
-    return type(default)(value)
-  for kind in (int, float):
-    try:
-      return kind(value)
-    except ValueError:
-      pass
-  return value
-
-
-def summarise(runs: list[dict]) -> list[dict]:
-  """Mean and spread of the test error per (task, optimizer), and the ratio to AdamW."""
-  groups: dict[tuple[str, str], list[dict]] = {}
-  for run in runs:
-    groups.setdefault((run["task"], run["optimizer"]), []).append(run)
-  rows = []
-  for (task, name), group in groups.items():
-    errors = [r["test_rel_l2"] for r in group]
-    rows.append(
-      {
-        "task": task,
-        "optimizer": name,
-        "lr": group[0]["lr"],
-        "errors": errors,
-        "mean": statistics.mean(errors),
-        "stdev": statistics.stdev(errors) if len(errors) > 1 else 0.0,
-        "state_bytes": group[0]["optimizer_state_bytes"],
-        "state_ratio": group[0]["optimizer_state_bytes"] / group[0]["adamw_state_bytes"],
-      }
-    )
-  for row in rows:
-    adamw = [r["mean"] for r in rows if r["task"] == row["task"] and r["optimizer"] == "adamw"]
-    row["ratio"] = row["mean"] / adamw[0] if adamw else None
-  return rows
-
-
-def _finished(plan) -> list[tuple]:
-  """``(config, metrics)`` per run of ``plan``, ``metrics`` ``None`` where it has not finished."""
-  results = []
-  for config in plan:
-    path = pathlib.Path(config.out) / "metrics.json"
-    results.append((config, json.loads(path.read_text()) if path.is_file() else None))
-  return results
+def _seeds(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(s) for s in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid --seeds {text!r}: expected e.g. 0,1,2") from None
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0]
   )
-  parser.add_argument("--tasks", default=",".join(TASKS))
-  parser.add_argument("--optimizers", default="adamw,galore,tensor_galore,tensor_galore_factored")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--epochs", type=int, default=configs.Config().epochs)
-  parser.add_argument("--tensor-rank", type=float, default=configs.Config().tensor_rank)
   parser.add_argument(
-    "--set", default="", help="other settings of every run, FIELD=VALUE,... (see configs.Config)"
+    "--study", choices=STUDIES, help="the study to train (with --collect: to tabulate)"
   )
-  parser.add_argument("--lr", default="", help="per-optimizer learning rates, NAME=LR,...")
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/accuracy.json"))
-  replace = parser.add_mutually_exclusive_group()
-  replace.add_argument(
-    "--overwrite", action="store_true", help="replace the runs already beside --out"
+  parser.add_argument("--seeds", type=_seeds, help="train these seeds only (default: the study's)")
+  parser.add_argument(
+    "--runs", type=pathlib.Path, default=pathlib.Path("runs/accuracy"), help="run directories"
   )
-  replace.add_argument(
+  mode = parser.add_mutually_exclusive_group()
+  mode.add_argument(
     "--collect",
     action="store_true",
-    help="train nothing: tabulate the finished runs beside --out (their metrics.json), "
-    "skipping those that are missing",
+    help="train nothing: re-make the tables and figures from the committed data "
+    "(every study's unless --study)",
   )
-  replace.add_argument(
-    "--resume",
-    action="store_true",
-    help="continue the runs already beside --out from their last checkpoint (a finished run "
-    "is only evaluated again)",
+  mode.add_argument(
+    "--overwrite", action="store_true", help="train every run again, replacing the study's data"
+  )
+  mode.add_argument(
+    "--resume", action="store_true", help="continue interrupted runs from their checkpoints"
   )
   args = parser.parse_args(argv)
-  tasks, names = args.tasks.split(","), args.optimizers.split(",")
-  unknown = [t for t in tasks if t not in TASKS] + [
-    n for n in names if n not in optimizers.OPTIMIZERS
-  ]
-  if unknown:
-    parser.error(
-      f"unknown task or optimizer {unknown}; tasks {tuple(TASKS)}, optimizers "
-      f"{tuple(optimizers.OPTIMIZERS)}"
-    )
-  lrs = _pairs(args.lr)
-  try:
-    overrides = _settings(args.set)
-  except (TypeError, ValueError) as e:
-    parser.error(f"--set: {e}")
-  plan = [
-    dataclasses.replace(
-      configs.Config(),
-      **TASKS[task],
-      optimizer=name,
-      tensor_rank=args.tensor_rank,
-      lr=lrs.get(name, configs.Config().lr),
-      epochs=args.epochs,
-      **overrides,
-      seed=int(seed),
-      out=str(args.out.parent / f"accuracy_{task}_{name}_{seed}"),
-      overwrite=args.overwrite,
-      resume=args.resume,
-      progress=False,
-    )
-    for task in tasks
-    for name in names
-    for seed in args.seeds.split(",")
-  ]
-  runs = []
-  task_of = [t for t in tasks for _ in names for _ in args.seeds.split(",")]
-  results = _finished(plan) if args.collect else common.train_all(parser, plan)
-  for task, (config, metrics) in zip(task_of, results):
-    if metrics is None:
-      print(f"{task} {config.optimizer} seed {config.seed}: not run (no {config.out}/metrics.json)")
-      continue
-    runs.append(
-      {
-        "task": task,
-        "optimizer": config.optimizer,
-        "seed": config.seed,
-        "lr": config.lr,
-        "test_rel_l2": metrics["test_rel_l2"],
-        "train_rel_l2": metrics["train_rel_l2"],
-        "optimizer_state_bytes": metrics["optimizer_state_bytes"],
-        "adamw_state_bytes": metrics["adamw_state_bytes"],
-        "history": metrics["history"],
-      }
-    )
-    print(f"{task} {config.optimizer} seed {config.seed}: {metrics['test_rel_l2']:.4f}", flush=True)
-  rows = summarise(runs)
-  table = markdown_table(rows, COLUMNS)
-  settings = vars(args) | {"out": str(args.out)}
-  common.report({"settings": settings, "runs": runs, "summary": rows}, table, args.out)
-  for task in tasks:
-    means = [
-      {
-        "optimizer": r["optimizer"],
-        "rank": None,
-        "optimizer_state_bytes": r["state_bytes"],
-        "test_rel_l2": r["mean"],
-      }
-      for r in rows
-      if r["task"] == task
-    ]
-    plots.plot_compare(means, args.out.with_name(f"{args.out.stem}_{task}.png"))
+  if args.collect:
+    names = [args.study] if args.study else list(STUDIES)
+  elif args.study is None:
+    parser.error("name a --study to train, or pass --collect")
+  else:
+    train(args, parser)
+    names = [args.study]
+  for name in names:
+    try:
+      print(f"\n{name}: {STUDIES[name].description}\n\n{collect(name)}")
+    except ValueError as e:
+      parser.error(f"{data_path(name)}: {e}")
   return 0
 
 

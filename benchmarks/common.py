@@ -191,18 +191,13 @@ def report(results: dict, table: str, out: pathlib.Path | None) -> None:
     out.with_suffix(".md").write_text(table + "\n")
 
 
-def train_all(parser, plan: list) -> list[tuple]:
-  """Checks every run of ``plan`` (a usage error if one is wrong), then trains them in order.
-
-  Returns:
-    ``(config, metrics)`` per run.
-  """
+def check_all(parser, plan: list) -> None:
+  """Checks every run of ``plan`` before any trains: a usage error names the wrong one."""
   try:
     for config in plan:
       train.check_config(config)
   except configs.ConfigError as e:
-    parser.error(str(e))
-  return [(config, train.train_and_evaluate(config)) for config in plan]
+    parser.error(f"{config.out}: {e}")
 
 
 # What each category of `peak_breakdown` holds, in the order of the tables.

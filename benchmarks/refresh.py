@@ -5,8 +5,7 @@ from the real model (Flax NNX FNO of ``examples/fno``) on Gaussian-random-field
 inputs, once at initialisation and once after a few Adam steps. Then, in one
 process, side by side:
 
-* every method that decomposes the current gradient (``"averaged"`` refreshes
-  from averaged statistics instead, and is not timed here): its time
+* every refresh method: its time
   (jitted, median of repeats) and the energy its core keeps,
   ``||G x_n U_n^H||^2 / ||G||^2``, as ratios to exact HOSVD by SVD; first
   refresh from scratch, and later refresh warm from the factors of the
@@ -106,7 +105,7 @@ def run(config_name: str, repeats: int) -> dict:
   svd_later = refresh(g1, svd_first, method="svd")
   svd_time = common.timed(lambda t, f: refresh(t, f, method="svd"), g1, svd_first, repeats=repeats)
   rows = []
-  for method in _refresh.GRADIENT_METHODS:
+  for method in _refresh.REFRESH_METHODS:
     first = refresh(g0, eye, method=method)
     later = refresh(g1, first, method=method)
     t = common.timed(lambda g, f, m=method: refresh(g, f, method=m), g1, first, repeats=repeats)
@@ -128,7 +127,7 @@ def run(config_name: str, repeats: int) -> dict:
   adam_time = common.timed(jax.jit(adam_full.update), {"w": g1}, adam_state, repeats=repeats)
   gap = 200
   steps = {}
-  for method in _refresh.GRADIENT_METHODS:
+  for method in _refresh.REFRESH_METHODS:
     tx = tensor_galore(RANK, update_proj_gap=gap, refresh_method=method)
     update = jax.jit(tx.update)
     state = tx.init(params)

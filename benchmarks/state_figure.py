@@ -21,7 +21,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from examples.fno.model import PRESETS  # noqa: E402
-from examples.fno.optimizers import TUCKER, spectral_spec  # noqa: E402
+from examples.fno.optimizers import every_mode, spectral_spec  # noqa: E402
 from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw, tree_bytes  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def main() -> None:
   _, params = nnx.split(model)
   rows = [("optax.adamw", optimizer_state_bytes(optax.adamw(1e-3), params))]
   for rank in RANKS:
-    tx = tensor_galore_adamw(1e-3, rank, spec=spectral_spec(TUCKER))
+    tx = tensor_galore_adamw(1e-3, rank, spec=spectral_spec(every_mode(rank)))
     rows.append((f"Tensor-GaLore\nrank {rank}", optimizer_state_bytes(tx, params)))
   mib = [b / 2**20 for _, b in rows]
   for (name, b), m in zip(rows, mib, strict=True):

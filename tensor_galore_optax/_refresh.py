@@ -21,14 +21,6 @@ subspace of the mode-``n`` unfolding, which is what HOSVD keeps:
   ``"sthosvd"``: from the previous factors ``U``, ``Q = qr(A (A^H U))`` per
   mode: two thin matrix products and one QR. Factors still at their initial
   value (no usable gradient seen yet) are computed by ``"sthosvd"`` instead.
-* ``"averaged"``: not from the current gradient alone but from an exponential
-  moving average of each unfolding's Gram matrix ``A A^H``, updated at every
-  step (`accumulate_grams`): the leading eigenvectors of that average
-  (`factors_from_grams`), as Shampoo's and SOAP's bases are. The subspace is
-  then where gradients have lately been, not where one mini-batch's is, and
-  successive refreshes change the basis less. Its state is ``I_n x I_n`` per
-  projected mode.
-
 Numerics: the gradient is divided by its largest magnitude first (the factors
 do not depend on its scale), so gradients near the float32 range's ends give
 the same factors as moderate ones. Decompositions run in the factors' dtype
@@ -49,17 +41,11 @@ import jax.numpy as jnp
 
 from tensor_galore_optax import _tucker
 
-RefreshMethod = Literal["svd", "eigh", "sthosvd", "subspace", "averaged"]
+RefreshMethod = Literal["svd", "eigh", "sthosvd", "subspace"]
 """How factors are recomputed; see the module docstring."""
 
 REFRESH_METHODS: tuple[str, ...] = typing.get_args(RefreshMethod)
 """The factor refresh methods, the reference (exact HOSVD by SVD) first."""
-
-AVERAGED = "averaged"
-"""The refresh method that decomposes averaged Gram matrices rather than one gradient."""
-
-GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in REFRESH_METHODS if m != AVERAGED)
-"""The refresh methods that decompose the current gradient (`refresh_factors`)."""
 
 Factors = tuple[jax.Array, ...]
 
@@ -187,14 +173,6 @@ def initial_factors(shapes: Sequence[tuple[int, ...]], dtype) -> Factors:
   )
 
 
-def mixing_matrix(rank: int, dtype) -> jax.Array:
-  """The orthonormal DCT-II basis of ``R^rank`` as columns: a fixed rotation that spreads
-  each coordinate over several (the first column is constant)."""
-  n = jnp.arange(rank)
-  c = jnp.sqrt(2.0 / rank) * jnp.cos(jnp.pi * (n[:, None] + 0.5) * n[None, :] / rank)
-  return c.at[:, 0].divide(jnp.sqrt(2.0)).astype(dtype)
-
-
 def _is_initial(factors: Factors) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(u == jnp.eye(*u.shape, dtype=u.dtype)) for u in factors]))
 
@@ -204,7 +182,6 @@ def refresh_factors(
   previous: Factors,
   modes: Sequence[int],
   method: RefreshMethod,
-  mixed: bool = False,
 ) -> Factors:
   """New factors for ``tensor`` by ``method``.
 
@@ -214,19 +191,14 @@ def refresh_factors(
     previous: The current factors, one ``(I_n, R_n)`` array per projected
       mode; they fix the ranks and the dtype the decomposition runs in.
     modes: The projected modes, in the order of ``previous``.
-    method: One of `GRADIENT_METHODS`.
-    mixed: Whether to rotate each new factor's columns by `mixing_matrix`
-      (the same subspace, its leading directions spread over every column).
+    method: One of `REFRESH_METHODS`.
 
   Returns:
     The new factors, orthonormal columns, phases aligned with ``previous``;
     ``previous`` itself if ``tensor`` has NaN/Inf entries or is all zeros.
   """
   if method not in _COMPUTE:
-    raise ValueError(
-      f"refresh_factors decomposes a gradient by one of {GRADIENT_METHODS}, got {method!r} "
-      "(averaged Gram matrices go to factors_from_grams)."
-    )
+    raise ValueError(f"refresh_factors takes one of {REFRESH_METHODS}, got {method!r}.")
   previous = tuple(previous)
   if not previous:
     return ()
@@ -245,76 +217,6 @@ def refresh_factors(
       )
     else:
       factors = _COMPUTE[method](work, previous, modes)
-    return _finish(factors, previous, mixed)
+    return tuple(_align_phases(f.astype(u.dtype), u) for f, u in zip(factors, previous))
 
   return jax.lax.cond(is_usable(tensor), compute, lambda: previous)
-
-
-def _finish(factors: Factors, previous: Factors, mixed: bool) -> Factors:
-  """New factors in the previous ones' dtype, mixed if asked, phases aligned with them."""
-  if mixed:
-    factors = tuple(f @ mixing_matrix(f.shape[1], f.dtype) for f in factors)
-  return tuple(_align_phases(f.astype(u.dtype), u) for f, u in zip(factors, previous))
-
-
-def accumulate_grams(
-  grams: Factors, tensor: jax.Array, modes: Sequence[int], decay: jax.typing.ArrayLike
-) -> Factors:
-  """``decay * G_n + (1 - decay) * A_n A_n^H / |A|^2`` for each projected mode's unfolding ``A_n``.
-
-  Each step's Gram matrix is normalised to unit trace, so the average weighs
-  steps by their directions, not their sizes (the large gradients of the
-  first steps do not dominate it), and no gradient's scale can overflow or
-  underflow it.
-
-  Args:
-    grams: The running averages, one ``(I_n, I_n)`` array per projected mode
-      (no batch axes; map this function over them).
-    tensor: The gradient seen as a tensor with one axis per mode.
-    modes: The projected modes, in the order of ``grams``.
-    decay: The average's decay rate, in [0, 1).
-
-  Returns:
-    The updated averages; ``grams`` themselves if ``tensor`` has NaN/Inf
-    entries or is all zeros (one bad step must not poison every later
-    refresh).
-  """
-  grams = tuple(grams)
-  if not grams:
-    return ()
-
-  def accumulate():
-    work = tensor.astype(grams[0].dtype)
-    work = work / jnp.max(jnp.abs(work)).astype(work.dtype)
-    work = work / jnp.linalg.norm(work).astype(work.dtype)
-    new = []
-    for n, gram in zip(modes, grams):
-      unfolded = _tucker.unfold(work, n)
-      new.append(decay * gram + (1 - decay) * (unfolded @ unfolded.conj().T))
-    return tuple(g.astype(old.dtype) for g, old in zip(new, grams))
-
-  return jax.lax.cond(is_usable(tensor), accumulate, lambda: grams)
-
-
-def factors_from_grams(grams: Factors, previous: Factors, mixed: bool = False) -> Factors:
-  """The leading ``R_n`` eigenvectors of each averaged Gram matrix (``"averaged"``).
-
-  Args:
-    grams: Hermitian ``(I_n, I_n)`` averages of ``A_n A_n^H`` (`accumulate_grams`).
-    previous: The current factors, ``(I_n, R_n)`` each; they fix the ranks.
-    mixed: Whether to rotate each new factor's columns by `mixing_matrix`.
-
-  Returns:
-    The new factors, phases aligned with ``previous``; ``previous`` itself
-    while every average is still zero (no usable gradient seen yet).
-  """
-  grams, previous = tuple(grams), tuple(previous)
-  if not previous:
-    return ()
-
-  def compute():
-    factors = tuple(_leading_eigenvectors(g, u.shape[1]) for g, u in zip(grams, previous))
-    return _finish(factors, previous, mixed)
-
-  usable = jnp.all(jnp.stack([is_usable(g) for g in grams]))
-  return jax.lax.cond(usable, compute, lambda: previous)

@@ -3,9 +3,8 @@
 The rule, for the state of any optax optimizer (``tensor_galore`` and chains
 containing it included):
 
-* Tensor-GaLore factors ``(I_n, R_n)`` and averaged Gram matrices
-  ``(I_n, I_n)`` are replicated: they are small, and every device needs all of
-  them to project its part of a gradient.
+* Tensor-GaLore factors ``(I_n, R_n)`` are replicated: they are small, and
+  every device needs all of them to project its part of a gradient.
 * A subtree with the parameters' tree structure (Adam's ``mu``/``nu``, the
   accumulator of ``optax.MultiSteps``, ...) is mapped leaf by leaf against its
   parameter. A leaf of the parameter's shape gets the parameter's sharding. A
@@ -38,6 +37,8 @@ from typing import Any
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+
+from tensor_galore_optax._state import TensorGaLoreState
 
 
 def _uses_explicit_axes(tree) -> bool:
@@ -164,9 +165,6 @@ def optimizer_state_shardings(
     >>> state[0].base_optimizer_state.nu['w'].sharding == galore.base_optimizer_state.nu['w']
     True
   """
-  # Imported here: `_transform` wraps its update with `with_auto_axes` above.
-  from tensor_galore_optax._transform import TensorGaLoreState  # noqa: PLC0415
-
   params_leaves, params_treedef = jax.tree.flatten(params)
   if param_shardings is None:
     shardings = [getattr(leaf, "sharding", None) for leaf in params_leaves]
@@ -220,8 +218,6 @@ def optimizer_state_shardings(
           count=replicated,
           factors=jax.tree.map(lambda _: replicated, x.factors),
           base_optimizer_state=assign(x.base_optimizer_state),
-          residual_norms=jax.tree.map(lambda _: replicated, x.residual_norms),
-          grams=jax.tree.map(lambda _: replicated, x.grams),
         )
       if params_shaped(x):
         return per_parameter(x)

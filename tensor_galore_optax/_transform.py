@@ -16,7 +16,7 @@ import functools
 import math
 import typing
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ import optax
 
 from tensor_galore_optax import _moments, _refresh, _sharding, _tucker
 from tensor_galore_optax._refresh import RefreshMethod
+from tensor_galore_optax._state import TensorGaLoreState, as_state
 from tensor_galore_optax._tucker import Rank, TuckerPlan, TuckerSpec
 
 MomentPolicy = Literal["keep", "reset", "rotate"]
@@ -32,51 +33,12 @@ MomentPolicy = Literal["keep", "reset", "rotate"]
 MOMENT_POLICIES: tuple[str, ...] = typing.get_args(MomentPolicy)
 """The moment policies, the paper's (``"keep"``) first."""
 
-CoreBasis = Literal["singular", "mixed"]
-"""The basis of each core's coordinates; see `tensor_galore`."""
-
-CORE_BASES: tuple[str, ...] = typing.get_args(CoreBasis)
-"""The core bases, the paper's (``"singular"``) first."""
-
-Residual = Literal["drop", "scaled"]
-"""What happens to the gradient outside the projected subspace; see `tensor_galore`."""
-
-RESIDUALS: tuple[str, ...] = typing.get_args(Residual)
-"""The residual policies, the paper's (``"drop"``) first."""
-
 MATCHED = "matched"
 """The ``scale`` that gives projected leaves full-size Adam's step length; see `tensor_galore`."""
 
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.
 SpecLike = TuckerSpec | optax.Params | Callable[[optax.Params], Any] | None
-
-
-class TensorGaLoreState(NamedTuple):
-  """State of `tensor_galore`.
-
-  Attributes:
-    count: Number of updates taken so far (int32 scalar).
-    factors: One entry per parameter leaf: a tuple holding the factor of each
-      projected mode (``(I_n, R_n)``, with the leaf's batch axes in front),
-      ``()`` for leaves that are not projected.
-    base_optimizer_state: The base optimizer's state on the tree of cores
-      (projected leaves) and full gradients (the other leaves).
-    residual_norms: One entry per parameter leaf: with ``residual="scaled"``,
-      the norm of the last residual term of a projected leaf (one real
-      scalar per index of its batch axes, 0 before the first step); ``()``
-      for the other leaves and with ``residual="drop"``.
-    grams: One entry per parameter leaf: with ``refresh_method="averaged"``,
-      a tuple holding the moving average of each projected mode's Gram matrix
-      (``(I_n, I_n)``, with the leaf's batch axes in front); ``()`` for the
-      other leaves and with the other refresh methods.
-  """
-
-  count: jax.Array
-  factors: optax.Params
-  base_optimizer_state: optax.OptState
-  residual_norms: optax.Params
-  grams: optax.Params
 
 
 def _map_plans(fn: Callable, plans, tree, *rest):
@@ -250,55 +212,15 @@ def _held_factors(path, plan: TuckerPlan | None, grad, held) -> tuple:
   return factors
 
 
-def _gram_shapes(plan: TuckerPlan | None, method) -> tuple:
-  """``(*batch_shape, I_n, I_n)`` per projected mode with ``"averaged"``, else none."""
-  if plan is None or method != _refresh.AVERAGED:
-    return ()
-  sizes = (plan.mode_sizes[n] for n in plan.projected_modes)
-  return tuple((*plan.batch_shape, size, size) for size in sizes)
-
-
-def _init_grams(plan: TuckerPlan | None, param, *, method, factor_dtype):
-  dtype = _factor_dtype(param.dtype, factor_dtype)
-  return tuple(jnp.zeros(shape, dtype) for shape in _gram_shapes(plan, method))
-
-
-def _held_grams(path, plan: TuckerPlan | None, grad, held, *, method) -> tuple:
-  """The state's averaged Gram matrices of one leaf, checked against ``method`` and the plan."""
-  del grad  # The plan has the shape.
-  wanted = _gram_shapes(plan, method)
-  grams = _as_tuple(held)
-  if _shapes(grams) == wanted:
-    return grams
-  raise ValueError(
-    f"{_path(path)}: refresh_method={method!r} needs Gram matrices of shapes {wanted} but the "
-    f"state holds {_shapes(grams) if grams is not None else held!r}; was the state initialised "
-    "for other params or with another refresh method?"
-  )
-
-
-def _accumulate_leaf(plan: TuckerPlan | None, grad, grams, *, decay):
-  """The leaf's averaged Gram matrices with this step's gradient in (``"averaged"`` only)."""
-  if plan is None or not grams:
-    return grams
-  accumulate = lambda t, gs: _refresh.accumulate_grams(gs, t, plan.projected_modes, decay)
-  return _tucker.batched(accumulate, len(plan.batch_shape))(plan.to_tensor(grad), tuple(grams))
-
-
-def _refresh_leaf(plan: TuckerPlan | None, grad, factors, grams, *, method, mixed, now):
+def _refresh_leaf(plan: TuckerPlan | None, grad, factors, *, method, now):
   """New factors at a refresh step, the held ones otherwise (one `lax.cond` per leaf)."""
   if plan is None:
     return factors
-  if method == _refresh.AVERAGED:
-    refresh = lambda gs, fs: _refresh.factors_from_grams(gs, fs, mixed)
-    source = tuple(grams)
-  else:
-    refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method, mixed)
-    source = plan.to_tensor(grad)
+  refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes, method)
   # Stacked layers refresh one after the other: a decomposition's work arrays
   # are as large as the tensor, and this way exist for one layer at a time.
   refresh = _tucker.batched(refresh, len(plan.batch_shape), sequential=True)
-  return jax.lax.cond(now, lambda: refresh(source, factors), lambda: factors)
+  return jax.lax.cond(now, lambda: refresh(plan.to_tensor(grad), factors), lambda: factors)
 
 
 def _project_leaf(plan: TuckerPlan | None, grad, factors):
@@ -308,49 +230,6 @@ def _project_leaf(plan: TuckerPlan | None, grad, factors):
   tensor = plan.to_tensor(grad)
   work = jnp.result_type(tensor, *factors)
   return plan.project(tensor.astype(work), factors).astype(grad.dtype)
-
-
-def _init_residual_norm(plan: TuckerPlan | None, param, *, residual, factor_dtype):
-  if plan is None or residual == "drop":
-    return ()
-  real = jnp.finfo(_factor_dtype(param.dtype, factor_dtype)).dtype
-  return jnp.zeros(plan.batch_shape, real)
-
-
-def _safe_divide(numerator, denominator):
-  """``numerator / denominator``, 0 where the denominator is 0."""
-  nonzero = denominator > 0
-  return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1), 0)
-
-
-def _norm(x, axes, keepdims=False):
-  return jnp.sqrt(jnp.sum(jnp.abs(x) ** 2, axis=axes, keepdims=keepdims))
-
-
-def _scaled_residual(plan: TuckerPlan, tensor, core, core_update, factors, last_norm, max_growth):
-  """Fira's term for the gradient outside the subspace, and its norm.
-
-  The residual ``G - B(C)`` (``C`` the core of ``G``, ``B`` the
-  back-projection) is scaled by ``|base step| / |C|``, the factor by which
-  the base optimizer lengthened the projected gradient, computed per slice
-  along every axis that is not projected (per column of a one-sided matrix,
-  as in Fira; per layer of a stacked leaf); then, per index of the batch
-  axes, its norm may grow by at most ``max_growth`` per step.
-  """
-  batch = len(plan.batch_shape)
-  projected = tuple(batch + n for n in plan.projected_modes)
-  ratio = _safe_divide(
-    _norm(core_update, projected, keepdims=True), _norm(core, projected, keepdims=True)
-  )
-  term = ratio * (tensor - plan.back_project(core.astype(tensor.dtype), factors))
-  per_batch = tuple(range(batch, term.ndim))
-  norm = _norm(term, per_batch)
-  # At most `max_growth` times the last norm; no limit before the first step. `inject_hyperparams`
-  # hands complex params' hyperparameters over complex, with a zero imaginary part.
-  shrink = jnp.maximum(_safe_divide(norm, jnp.real(max_growth) * last_norm), 1)
-  shrink = jnp.where(last_norm > 0, shrink, 1)
-  term = term / jnp.expand_dims(shrink, per_batch).astype(term.dtype)
-  return term, (norm / shrink).astype(last_norm.dtype)
 
 
 def _matched_scale(plan: TuckerPlan) -> float:
@@ -367,24 +246,18 @@ def _matched_scale(plan: TuckerPlan) -> float:
   return math.sqrt(math.prod(plan.mode_sizes) / math.prod(core_modes))
 
 
-def _back_project_leaf(
-  plan: TuckerPlan | None, update, factors, grad, core, last_norm, *, scale, residual, max_growth
-):
-  """The full-size update of a core update, times ``scale``, and the residual's norm.
+def _back_project_leaf(plan: TuckerPlan | None, update, factors, grad, *, scale):
+  """The full-size update of a core update, times ``scale``, in the gradient's dtype.
 
   Leaves that are not projected pass through.
   """
   if plan is None:
-    return update, last_norm
+    return update
   if isinstance(scale, str):
     scale = _matched_scale(plan)
   work = jnp.result_type(update, *factors)
   full = plan.back_project(update.astype(work), factors)
-  if residual == "scaled":
-    tensor = plan.to_tensor(grad).astype(work)
-    term, last_norm = _scaled_residual(plan, tensor, core, update, factors, last_norm, max_growth)
-    full = full + term
-  return (scale * plan.from_tensor(full)).astype(grad.dtype), last_norm
+  return (scale * plan.from_tensor(full)).astype(grad.dtype)
 
 
 def _transport_leaf(plan: TuckerPlan | None, moment, old, new, *, second_order):
@@ -422,10 +295,6 @@ def tensor_galore(
   refresh_method: RefreshMethod = "sthosvd",
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
-  core_basis: CoreBasis = "singular",
-  residual: Residual = "drop",
-  max_residual_growth: float = 1.01,
-  gram_decay: float = 0.99,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -482,8 +351,7 @@ def tensor_galore(
       back-projected is about \(\sqrt{R / I}\) as long as Adam's step on
       the whole weight; ``"matched"`` gives projected weights the step
       length of full-size Adam, so that one learning rate suits projected
-      and unprojected leaves alike. Not with ``residual="scaled"``, whose
-      residual term has a step length of its own.
+      and unprojected leaves alike.
     base_optimizer: The transformation run on the cores; it must not need
       ``params``. Defaults to ``optax.scale_by_adam()``.
     min_size: With the default ``spec``, leaves with at least 2 dimensions and
@@ -502,14 +370,7 @@ def tensor_galore(
       but blind to directions below about 3e-4 of the leading one),
       ``"sthosvd"`` (sequentially truncated HOSVD through QR, as accurate as
       ``"svd"``; the default) or ``"subspace"`` (one warm-started subspace
-      iteration from the previous factors), all from the current gradient;
-      or ``"averaged"``: the leading eigenvectors of a moving average of each
-      mode's Gram matrix \(G_{(n)} G_{(n)}^H\), updated at every step (decay
-      ``gram_decay``), as Shampoo's and SOAP's bases are: the subspace where
-      gradients have lately been rather than where one mini-batch's is. It
-      keeps an \(I_n \times I_n\) average per projected mode (with the
-      factors' dtype): small for tensors of short modes (FNO kernels), but
-      more than the weight itself for a matrix projected on a long side.
+      iteration from the previous factors), all from the current gradient.
     moment_policy: What happens to the base optimizer's per-leaf moments
       (every core-shaped tree in its state: ``mu``, ``nu``, ``nu_max``,
       ``trace``, ...) when the factors change: ``"keep"`` them as they are
@@ -520,32 +381,6 @@ def tensor_galore(
       or its name: float32 or float64 (which needs ``jax_enable_x64``).
       ``None`` uses float32, or float64 for float64 leaves. Complex leaves get
       complex factors of that precision.
-    core_basis: The basis of the core's coordinates, in which the base
-      optimizer normalises entry by entry. ``"singular"`` (the paper's): the
-      leading singular vectors, so the core's energy sits in a few leading
-      entries and Adam gives the many small ones full-size steps.
-      ``"mixed"``: the same subspace, each factor's columns rotated by a fixed
-      orthonormal DCT so that each coordinate mixes several leading
-      directions, as the parameter's own coordinates do. The
-      projection, the truncation and the memory are the same. It helps
-      on some problems and hurts on others (on the FNO example it is
-      worse; see the docs' benchmarks): measure before switching.
-    residual: What happens to the part of the gradient outside the subspace,
-      \(G - C \times_1 U_1 \cdots \times_N U_N\). ``"drop"`` (the paper's,
-      as GaLore): it is not applied. ``"scaled"`` (Fira): it is added to the
-      update, scaled by how much the base optimizer lengthened the projected
-      gradient, \(\lVert B(C) \rVert / \lVert C \rVert\), computed per slice
-      along every axis that is not projected (per column of a one-sided
-      matrix, per layer of a stacked leaf, once for a tensor projected on
-      every mode). No extra state but one norm per leaf (per layer).
-    max_residual_growth: With ``residual="scaled"``, the norm of a leaf's
-      residual term may grow by at most this factor from one step to the
-      next (Fira's norm-growth limiter, against spikes); larger terms are
-      shrunk to it.
-    gram_decay: With ``refresh_method="averaged"``, the decay rate of the
-      Gram matrices' moving average, in [0, 1): 0.99 averages over about the
-      last 100 steps, about one refresh gap of the FNO example. Unused by the
-      other refresh methods.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -571,33 +406,14 @@ def tensor_galore(
 
     Zhao et al., [GaLore: Memory-Efficient LLM Training by Gradient Low-Rank
     Projection](https://arxiv.org/abs/2403.03507), 2024.
-
-    Chen et al., [Fira: Can We Achieve Full-rank Training of LLMs Under
-    Low-rank Constraint?](https://arxiv.org/abs/2410.01623), 2024.
-
-    Vyas et al., [SOAP: Improving and Stabilizing Shampoo using
-    Adam](https://arxiv.org/abs/2409.11321), 2024.
   """
   if base_optimizer is None:
     base_optimizer = optax.scale_by_adam()
   factor_dtype = _check_arguments(
     rank, update_proj_gap, min_size, refresh_method, moment_policy, factor_dtype, base_optimizer
   )
-  if core_basis not in CORE_BASES:
-    raise ValueError(f"core_basis must be one of {CORE_BASES}, got {core_basis!r}.")
-  if residual not in RESIDUALS:
-    raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}.")
-  if not isinstance(max_residual_growth, jax.Array) and not max_residual_growth >= 1:
-    raise ValueError(f"max_residual_growth must be at least 1, got {max_residual_growth!r}.")
-  if not isinstance(gram_decay, jax.Array) and not 0 <= gram_decay < 1:
-    raise ValueError(f"gram_decay must be in [0, 1), got {gram_decay!r}.")
   if isinstance(scale, str) and scale != MATCHED:
     raise ValueError(f"scale must be a number or {MATCHED!r}, got {scale!r}.")
-  if isinstance(scale, str) and residual == "scaled":
-    raise ValueError(
-      f"scale={MATCHED!r} lengthens the back-projected step to full-size Adam's, and "
-      "residual='scaled' adds a term already at that length: use a number as scale with it."
-    )
   base = optax.with_extra_args_support(base_optimizer)
   plans_of = functools.partial(_plans, spec=spec, rank=rank, min_size=min_size)
 
@@ -607,18 +423,13 @@ def tensor_galore(
     cores = _zeros(_map_plans(_core_struct, plans, params))
     _check_base_optimizer(base, cores, jax.eval_shape(base.init, cores), moment_policy)
     base_state = _moments.real_second_moments(base.init, base.update, cores)(cores)
-    init_norm = functools.partial(_init_residual_norm, residual=residual, factor_dtype=factor_dtype)
-    init_grams = functools.partial(_init_grams, method=refresh_method, factor_dtype=factor_dtype)
     return TensorGaLoreState(
-      jnp.zeros([], jnp.int32),
-      _map_plans(init_factors, plans, params),
-      base_state,
-      _map_plans(init_norm, plans, params),
-      _map_plans(init_grams, plans, params),
+      jnp.zeros([], jnp.int32), _map_plans(init_factors, plans, params), base_state
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params  # The projection needs none; weight decay belongs outside.
+    state = as_state(state)
     plans = plans_of(updates)
     held = _held_per_leaf(
       _held_factors,
@@ -627,45 +438,19 @@ def tensor_galore(
       state.factors,
       "updates do not match the tree tensor_galore was initialised with",
     )
-    last_norms = _held_per_leaf(
-      functools.partial(_held_residual_norm, residual=residual),
-      plans,
-      updates,
-      state.residual_norms,
-      "updates do not match the state's residual norms",
-    )
-    grams = _held_per_leaf(
-      functools.partial(_held_grams, method=refresh_method),
-      plans,
-      updates,
-      state.grams,
-      "updates do not match the state's Gram matrices",
-    )
     cores_like = _map_plans(_core_struct, plans, updates)
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     now = state.count % update_proj_gap == 0
-    grams = _map_plans(functools.partial(_accumulate_leaf, decay=gram_decay), plans, updates, grams)
-    factors = _map_plans(
-      functools.partial(_refresh_leaf, method=refresh_method, mixed=core_basis == "mixed", now=now),
-      plans,
-      updates,
-      held,
-      grams,
-    )
+    refresh = functools.partial(_refresh_leaf, method=refresh_method, now=now)
+    factors = _map_plans(refresh, plans, updates, held)
     base_state = _carry_moments(
       moment_policy, state.base_optimizer_state, plans, held, factors, now, base, cores_like
     )
     cores = _map_plans(_project_leaf, plans, updates, factors)
     core_updates, base_state = base.update(cores, base_state, None, **extra_args)
-    back_project = functools.partial(
-      _back_project_leaf, scale=scale, residual=residual, max_growth=max_residual_growth
-    )
-    pairs = _map_plans(back_project, plans, core_updates, factors, updates, cores, last_norms)
-    new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
-    residual_norms = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
-    return new_updates, TensorGaLoreState(
-      optax.safe_increment(state.count), factors, base_state, residual_norms, grams
-    )
+    back_project = functools.partial(_back_project_leaf, scale=scale)
+    new_updates = _map_plans(back_project, plans, core_updates, factors, updates)
+    return new_updates, TensorGaLoreState(optax.safe_increment(state.count), factors, base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
 
@@ -680,21 +465,6 @@ def _held_per_leaf(check: Callable, plans, updates, held, mismatch: str):
   return treedef.unflatten(
     check(path, plan, grad, h)
     for (path, grad), plan, h in zip(paths_and_grads, treedef.flatten_up_to(plans), per_leaf)
-  )
-
-
-def _held_residual_norm(path, plan: TuckerPlan | None, grad, norm, *, residual):
-  """The state's residual norm of one leaf, checked against ``residual`` and the plan."""
-  del grad  # The plan has the shape.
-  wanted = None if plan is None or residual == "drop" else plan.batch_shape
-  if wanted is None and not jax.tree.leaves(norm):
-    return ()
-  if wanted is not None and tuple(getattr(norm, "shape", (None,))) == wanted:
-    return norm
-  needs = "no residual norm" if wanted is None else f"a residual norm of shape {wanted}"
-  raise ValueError(
-    f"{_path(path)}: residual={residual!r} needs {needs} but the state holds {norm!r}; was "
-    "the state initialised for other params or with another residual setting?"
   )
 
 
@@ -754,10 +524,6 @@ def tensor_galore_adamw(
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
-  core_basis: CoreBasis = "singular",
-  residual: Residual = "drop",
-  max_residual_growth: float = 1.01,
-  gram_decay: float = 0.99,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -797,11 +563,6 @@ def tensor_galore_adamw(
     moment_policy: ``"keep"``, ``"reset"`` or ``"rotate"``; see `tensor_galore`.
     factor_dtype: ``None``, float32 or float64; see `tensor_galore`.
     nesterov: Whether to use Nesterov momentum in Adam.
-    core_basis: ``"singular"`` or ``"mixed"``; see `tensor_galore`.
-    residual: ``"drop"`` or ``"scaled"`` (Fira); see `tensor_galore`.
-    max_residual_growth: Fira's norm-growth limit; see `tensor_galore`.
-    gram_decay: Decay of the averaged Gram matrices of
-      ``refresh_method="averaged"``; see `tensor_galore`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -841,10 +602,6 @@ def tensor_galore_adamw(
       refresh_method=refresh_method,
       moment_policy=moment_policy,
       factor_dtype=factor_dtype,
-      core_basis=core_basis,
-      residual=residual,
-      max_residual_growth=max_residual_growth,
-      gram_decay=gram_decay,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

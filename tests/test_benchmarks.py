@@ -1,6 +1,5 @@
 """Tests for the benchmarks' own machinery: XLA's peak breakdown and the memory recipes."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import optax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from benchmarks import common, memory, run_tables
+from benchmarks import accuracy, common, memory
 
 
 def test_peak_breakdown_is_found_for_a_program_already_in_the_persistent_cache(tmp_path):
@@ -111,44 +110,60 @@ def test_memory_rows_compare_recipes_on_the_small_model():
   )
 
 
-def test_run_tables_average_the_seeds_and_divide_by_the_best_adamw_of_most_seeds(tmp_path):
-  def write(prefix, seed, error, state):
-    run = tmp_path / f"{prefix}{seed}"
-    run.mkdir()
-    metrics = {
-      "config": {"lr": 0.01},
-      "test_rel_l2": error,
-      "train_rel_l2": error / 2,
-      "optimizer_state_bytes": state,
-      "adamw_state_bytes": 100,
-      "history": [{"test_rel_l2": 2 * error}, {"test_rel_l2": error}],
-    }
-    (run / "metrics.json").write_text(json.dumps(metrics))
-
-  for seed, error in enumerate([0.010, 0.012]):
-    write("a1_", seed, error, 100)
-  for seed, error in enumerate([0.008, 0.010, 0.012]):
-    write("a2_", seed, error, 100)
-  write("a3_", 0, 0.005, 100)  # one seed only: not the reference, however low
-  write("tg_", 1, 0.015, 25)  # seed 0 missing: skipped
-  groups = [
-    ("adamw", "x1", str(tmp_path / "a1_")),
-    ("adamw", "x2", str(tmp_path / "a2_")),
-    ("adamw", "x4", str(tmp_path / "a3_")),
-    ("tensor_galore", "x2", str(tmp_path / "tg_")),
-  ]
-  figure = tmp_path / "curves.png"
-  table = run_tables.collect(
-    groups, task="ns64", setting="step", out=tmp_path / "out", figure=figure
+def _study_runs(rows: dict[str, list[float]]) -> tuple[accuracy.Study, list[dict]]:
+  """A study with one row per key, and a recorded run per error (seeds from 0)."""
+  study = accuracy.Study(
+    "test",
+    tasks=("ns64",),
+    rows=tuple(accuracy.Row(label, {"optimizer": label.split()[0], "lr": 0.01}) for label in rows),
   )
-  assert figure.stat().st_size > 0
-  assert (tmp_path / "out" / "table.md").read_text() == table + "\n"
-  rows = {
-    r["optimizer"]: r for r in json.loads((tmp_path / "out" / "runs.json").read_text())["summary"]
-  }
-  np.testing.assert_allclose(rows["adamw | x1"]["mean"], 0.011)
-  np.testing.assert_allclose(rows["adamw | x2"]["ratio"], 1.0)  # the best of three seeds: 0.010
-  np.testing.assert_allclose(rows["adamw | x4"]["ratio"], 0.5)
-  np.testing.assert_allclose(rows["tensor_galore | x2"]["ratio"], 1.5)
-  assert rows["tensor_galore | x2"]["seeds"] == [1]
-  assert "| tensor_galore | x2 | 1 | 0.0150 | 0.0150 +- 0.0000 | 1.50 | 0.250 |" in table
+  runs = [
+    {
+      "task": "ns64",
+      "row": label,
+      "seed": seed,
+      "test_rel_l2": error,
+      "optimizer_state_bytes": 25 if label.startswith("tensor") else 100,
+      "adamw_state_bytes": 100,
+      "test_rel_l2_per_epoch": [2 * error, error],
+      "config": {"optimizer": label.split()[0], "lr": 0.01},
+    }
+    for label, errors in rows.items()
+    for seed, error in enumerate(errors)
+  ]
+  return study, runs
+
+
+def test_accuracy_ratios_are_to_the_best_adamw_row_of_the_most_seeds():
+  study, runs = _study_runs(
+    {
+      "adamw x1": [0.010, 0.012],
+      "adamw x2": [0.008, 0.010, 0.012],
+      "adamw x4": [0.005],  # one seed only: not the reference, however low
+      "tensor_galore": [0.015],
+    }
+  )
+  rows = {r["row"]: r for r in accuracy.summarise(study, runs)}
+  np.testing.assert_allclose(rows["adamw x1"]["mean"], 0.011)
+  np.testing.assert_allclose(rows["adamw x2"]["ratio"], 1.0)  # the best of three seeds: 0.010
+  np.testing.assert_allclose(rows["adamw x4"]["ratio"], 0.5)
+  np.testing.assert_allclose(rows["tensor_galore"]["ratio"], 1.5)
+  assert rows["tensor_galore"]["state_ratio"] == 0.25
+
+
+def test_accuracy_refuses_data_recorded_with_other_settings():
+  study, runs = _study_runs({"adamw": [0.01], "tensor_galore": [0.02]})
+  runs[1]["config"]["lr"] = 0.02
+  with pytest.raises(ValueError, match="tensor_galore"):
+    accuracy.summarise(study, runs)
+
+
+def test_every_committed_study_re_makes_its_committed_table(tmp_path, monkeypatch):
+  """The tables on the results page come from committed data, by the committed definitions."""
+  committed = accuracy.RESULTS
+  monkeypatch.setattr(accuracy, "FIGURES", tmp_path)
+  monkeypatch.setattr(accuracy, "RESULTS", tmp_path)
+  for name in accuracy.STUDIES:
+    (tmp_path / f"{name}.json").write_text((committed / f"{name}.json").read_text())
+    table = accuracy.collect(name)
+    assert table + "\n" == (committed / f"{name}.md").read_text(), name

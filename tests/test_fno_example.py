@@ -13,7 +13,6 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -252,8 +251,14 @@ def test_every_field_is_a_flag_with_the_config_default():
 
 
 def test_a_new_optimizer_variant_is_one_registry_entry(monkeypatch):
-  variant = optimizers.Variant(optimizers.projected(optimizers.TUCKER, refresh_method="svd"))
-  monkeypatch.setitem(optimizers.OPTIMIZERS, "tensor_galore_svd", variant)
+  def svd_every_mode(learning_rate, rank, **settings):
+    return optimizers.projected(optimizers.every_mode)(
+      learning_rate, rank, **{**settings, "refresh_method": "svd"}
+    )
+
+  monkeypatch.setitem(
+    optimizers.OPTIMIZERS, "tensor_galore_svd", optimizers.Variant(svd_every_mode)
+  )
   config = configs.from_args(main.parser().parse_args(["--optimizer", "tensor_galore_svd"]))
   configs.validate(config)
   params = {"w": jax.ShapeDtypeStruct((8, 8, 4, 3), np.complex64)}
@@ -262,54 +267,31 @@ def test_a_new_optimizer_variant_is_one_registry_entry(monkeypatch):
   assert optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)) is not None
 
 
-def test_adamw_scale_lengthens_the_spectral_weights_step_only():
-  params = {"w": np.ones((4, 4, 3, 2), np.complex64), "b": np.ones((4,), np.float32)}
-  grads = {
-    "w": np.full((4, 4, 3, 2), 0.5 - 0.25j, np.complex64),
-    "b": np.full((4,), 0.5, np.float32),
-  }
-  plain = optax.adamw(1e-2, weight_decay=1e-4)
-  expected, _ = plain.update(grads, plain.init(params), params)
-  for scale, factor in ((1.0, 1.0), (2.0, 2.0)):
-    tx = optimizers.make_optimizer("adamw", 1e-2, rank=None, weight_decay=1e-4, scale=scale)
-    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    decay = -1e-2 * 1e-4 * params["w"]  # decoupled weight decay is not scaled
-    np.testing.assert_allclose(updates["w"], factor * (expected["w"] - decay) + decay, rtol=1e-6)
-    np.testing.assert_allclose(updates["b"], expected["b"], rtol=1e-6)
-
-
-def test_channels_variant_projects_the_channels_and_keeps_every_frequency():
-  params = {"w": np.ones((8, 8, 6, 4), np.complex64), "b": np.ones((8,), np.float32)}
-  tx = optimizers.make_optimizer("tensor_galore_channels", 1e-2, rank=0.25)
-  galore = tx.init(params)[0]
-  # rank 0.25 of the entries on two modes: ceil(8 * 0.5) = 4 channels each.
-  assert [u.shape for u in galore.factors["w"]] == [(8, 4), (8, 4)]
-  assert galore.base_optimizer_state.mu["w"].shape == (4, 4, 6, 4)
+def test_the_default_run_trains_the_recommended_setting():
+  config = configs.Config()
+  assert config.optimizer == optimizers.RECOMMENDED == "tensor_galore_in_channels"
+  assert (config.lr, config.tensor_rank, config.scale) == (2.4e-2, 0.25, "matched")
 
 
 def test_in_channels_variant_projects_the_input_channels_only():
-  params = {"w": np.ones((8, 8, 6, 4), np.complex64), "b": np.ones((8,), np.float32)}
+  # More frequencies than channels on one axis: the input channels are still the projected mode.
+  params = {"w": np.ones((8, 8, 12, 4), np.complex64), "b": np.ones((8,), np.float32)}
   tx = optimizers.make_optimizer("tensor_galore_in_channels", 1e-2, rank=0.25)
   galore = tx.init(params)[0]
   # rank 0.25 of the input channels: 2 of 8; every other axis kept.
   assert [u.shape for u in galore.factors["w"]] == [(8, 2)]
-  assert galore.base_optimizer_state.mu["w"].shape == (2, 8, 6, 4)
+  assert galore.base_optimizer_state.mu["w"].shape == (2, 8, 12, 4)
 
 
-def test_galore_matched_lengthens_galores_update_to_adams_step():
+def test_galore_projects_the_larger_side_of_the_matricised_weight():
   params = {"w": np.ones((4, 4, 6, 4), np.complex64)}
-  grads = {"w": np.arange(384, dtype=np.float32).reshape(4, 4, 6, 4) * (1 - 0.5j)}
   # An int rank, as a matched GaLore rank is: 3 of the 96 columns of the (4, 96) matrix.
-  tx, plain = (optimizers.make_optimizer(n, 1e-2, rank=3) for n in ("galore_matched", "galore"))
+  tx = optimizers.make_optimizer("galore", 1e-2, rank=3)
   assert [u.shape for u in tx.init(params)[0].factors["w"]] == [(96, 3)]
-  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-  plain_updates, _ = jax.jit(plain.update)(grads, plain.init(params), params)
-  decay = -1e-2 * 1e-4 * params["w"]  # decoupled weight decay is not scaled
-  scale = np.sqrt(384 / (4 * 3))
-  np.testing.assert_allclose(updates["w"], scale * (plain_updates["w"] - decay) + decay, rtol=1e-5)
 
 
-def test_scale_multiplies_a_matched_variants_spectral_step():
+@pytest.mark.parametrize("name", ["galore", "tensor_galore", "tensor_galore_in_channels"])
+def test_scale_reaches_the_library_as_given(name):
   params = {"w": np.ones((8, 8, 6, 4), np.complex64), "b": np.ones((8,), np.float32)}
   grads = {
     "w": np.arange(1536, dtype=np.float32).reshape(8, 8, 6, 4) * (1 - 0.5j),
@@ -317,15 +299,23 @@ def test_scale_multiplies_a_matched_variants_spectral_step():
   }
 
   def update(scale):
-    tx = optimizers.make_optimizer("tensor_galore_in_channels", 1e-2, rank=0.25, scale=scale)
+    tx = optimizers.make_optimizer(name, 1e-2, rank=0.25, scale=scale)
     return jax.jit(tx.update)(grads, tx.init(params), params)[0]
 
-  base, doubled = update(1.0), update(2.0)
+  one, doubled, matched = update(1.0), update(2.0), update("matched")
   decay = -1e-2 * 1e-4 * params["w"]  # decoupled weight decay is not scaled
-  np.testing.assert_allclose(doubled["w"], 2 * (base["w"] - decay) + decay, rtol=1e-5)
-  # Unscaled; 1e-5 since `tensor_galore_adamw` takes Adam's decay rates as
-  # float32 arrays and the chain built for a scale as Python floats.
-  np.testing.assert_allclose(doubled["b"], base["b"], rtol=1e-5)
+  np.testing.assert_allclose(doubled["w"], 2 * (one["w"] - decay) + decay, rtol=1e-5)
+  step = lambda u: np.linalg.norm(u["w"] - decay)
+  assert step(matched) > 1.5 * step(one)  # the matched step is sqrt(entries / core) longer
+  np.testing.assert_allclose(doubled["b"], one["b"], rtol=1e-6)  # not projected: unscaled
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "auto", "nan"])
+def test_a_bad_scale_is_a_usage_error_naming_the_flag(value, capsys):
+  with pytest.raises(SystemExit) as exc:
+    main.main(["--scale", value])
+  assert exc.value.code == 2
+  assert "--scale" in capsys.readouterr().err
 
 
 def _final_params(out: pathlib.Path, epoch: int) -> list[np.ndarray]:
@@ -366,6 +356,20 @@ def test_resume_continues_bit_identically(tiny_npz, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_resuming_a_checkpoint_of_another_optimizer_state_is_a_usage_error(
+  tiny_npz, tmp_path, capsys
+):
+  out = tmp_path / "run"
+  argv = ["--data", str(tiny_npz), "--epochs", "1", "--out", str(out), *TINY]
+  assert main.main([*argv, "--optimizer", "tensor_galore"]) == 0
+  (out / "metrics.json").unlink()  # as if interrupted after its last checkpoint
+  with pytest.raises(SystemExit) as exc:
+    main.main([*argv, "--optimizer", "adamw", "--epochs", "2", "--resume"])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert "--resume: the checkpoint of epoch 1" in err and "--overwrite" in err
+
+
 def test_mesh_runs_data_parallel_and_fsdp(tiny_npz, tmp_path):
   # JAX fixes its device count at start-up: 4 CPU devices need a new process.
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -394,7 +398,9 @@ def test_compare_writes_one_table_and_figure(tiny_npz, tmp_path):
   assert compare.main(argv + TINY) == 0
 
   rows = json.loads((out / "compare.json").read_text())
-  assert [r["optimizer"] for r in rows] == ["adamw", "galore", "tensor_galore"]
+  assert [r["optimizer"] for r in rows] == [
+    "adamw", "galore", "tensor_galore", "tensor_galore_in_channels"
+  ]  # fmt: skip
   assert rows[0]["state_ratio"] == 1.0
   assert rows[2]["rank"] == 0.5 and rows[1]["tensor_rank"] == 0.5
   # GaLore's rank is matched to Tensor-GaLore's state size.
@@ -406,35 +412,37 @@ def test_compare_writes_one_table_and_figure(tiny_npz, tmp_path):
 
 
 @pytest.mark.slow
-def test_accuracy_benchmark_writes_a_table_per_task_and_optimizer(tmp_path):
+def test_accuracy_study_trains_what_its_data_lacks_then_collects(tmp_path, monkeypatch, capsys):
   from benchmarks import accuracy
 
-  out = tmp_path / "accuracy.json"
-  argv = [
-    "--tasks", "ns64", "--optimizers", "adamw,tensor_galore_factored", "--seeds", "0",
-    "--epochs", "1", "--out", str(out),
-    "--set", "n_train=8,n_test=4,resolution=16,batch_size=4,eval_batch_size=4,modes=4",
-  ]  # fmt: skip
-  assert accuracy.main(argv) == 0
-  results = json.loads(out.read_text())
-  assert [(r["optimizer"], r["seed"]) for r in results["runs"]] == [
-    ("adamw", 0), ("tensor_galore_factored", 0)
-  ]  # fmt: skip
-  adamw, factored = results["summary"]
-  assert adamw["ratio"] == 1.0 and adamw["state_ratio"] == pytest.approx(1.0, abs=1e-4)
-  assert factored["errors"] == [results["runs"][1]["test_rel_l2"]]
-  assert factored["state_ratio"] < 1.0
-  assert "| ns64 | tensor_galore_factored |" in out.with_suffix(".md").read_text()
-  assert out.with_name("accuracy_ns64.png").stat().st_size > 0
+  tiny = {"n_train": 8, "n_test": 4, "resolution": 16, "batch_size": 4, "eval_batch_size": 4}
+  study = accuracy.Study(
+    "tiny",
+    tasks=("ns64",),
+    rows=(
+      accuracy.Row("adamw", {"optimizer": "adamw"}),
+      accuracy.Row("in channels", {"optimizer": "tensor_galore_in_channels"}),
+    ),
+    seeds=(0,),
+    settings={**tiny, "modes": 4, "width": 8, "epochs": 1, "lr": 1e-2},
+  )
+  monkeypatch.setitem(accuracy.STUDIES, "tiny", study)
+  monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+  monkeypatch.setattr(accuracy, "FIGURES", tmp_path / "figures")
+  runs = ["--runs", str(tmp_path / "runs")]
+  assert accuracy.main(["--study", "tiny", *runs]) == 0
+  data = json.loads((tmp_path / "results" / "tiny.json").read_text())
+  assert [(r["row"], r["seed"]) for r in data["runs"]] == [("adamw", 0), ("in channels", 0)]
+  table = (tmp_path / "results" / "tiny.md").read_text()
+  assert "| ns64 | adamw | 0 |" in table and "| 1.00 | 1.000 |" in table
+  assert (tmp_path / "figures" / "accuracy_tiny.png").stat().st_size > 0
 
-  # --collect tabulates the finished runs beside --out without training.
-  (tmp_path / "accuracy_ns64_adamw_1").mkdir()  # seed 1 never finished
-  collected = tmp_path / "collected.json"
-  argv_collect = [a if a != str(out) else str(collected) for a in argv] + ["--collect"]
-  argv_collect[argv_collect.index("0")] = "0,1"
-  assert accuracy.main(argv_collect) == 0
-  again = json.loads(collected.read_text())
-  assert [r["test_rel_l2"] for r in again["runs"]] == [r["test_rel_l2"] for r in results["runs"]]
+  # Nothing is missing: a second call trains nothing; --collect re-makes the same table.
+  assert accuracy.main(["--study", "tiny", *runs]) == 0
+  assert "0 runs to train" in capsys.readouterr().out
+  (tmp_path / "results" / "tiny.md").unlink()
+  assert accuracy.main(["--collect", "--study", "tiny"]) == 0
+  assert (tmp_path / "results" / "tiny.md").read_text() == table
 
 
 def _unstacked(tree: dict, n: int) -> dict:

@@ -35,20 +35,8 @@ def _eye_factors(dtype):
   return _refresh.initial_factors([(i, r) for i, r in zip(SHAPE, RANKS)], dtype)
 
 
-def _refresh_by(t, previous, modes, method):
-  """`refresh_factors`; for ``"averaged"``, the factors of ``t``'s Gram matrices alone.
-
-  An average with decay 0 holds the last gradient only, so ``"averaged"``
-  must then find what a decomposition of that gradient finds.
-  """
-  if method != _refresh.AVERAGED:
-    return _refresh.refresh_factors(t, previous, modes, method)
-  grams = tuple(jnp.zeros((t.shape[n], t.shape[n]), previous[0].dtype) for n in modes)
-  return _refresh.factors_from_grams(_refresh.accumulate_grams(grams, t, modes, 0.0), previous)
-
-
 def _refresh_jit(t, previous, method, modes=MODES):
-  return jax.jit(_refresh_by, static_argnums=(2, 3))(t, previous, modes, method)
+  return jax.jit(_refresh.refresh_factors, static_argnums=(2, 3))(t, previous, modes, method)
 
 
 def _projector(u):
@@ -96,7 +84,7 @@ def test_warm_started_subspace_iteration_converges_to_hosvd():
 def test_first_refresh_keeps_99_percent_of_hosvd_energy(method):
   t = _low_rank_plus_noise(jax.random.key(3), noise=0.5)
   exact = _refresh.refresh_factors(t, _eye_factors(jnp.complex64), MODES, "svd")
-  found = _refresh_by(t, _eye_factors(jnp.complex64), MODES, method)
+  found = _refresh.refresh_factors(t, _eye_factors(jnp.complex64), MODES, method)
   assert _energy(t, found) >= 0.99 * _energy(t, exact)
 
 
@@ -104,9 +92,9 @@ def test_first_refresh_keeps_99_percent_of_hosvd_energy(method):
 def test_same_gradient_twice_gives_the_same_factors(method):
   """Signs/phases are aligned with the previous factors: no arbitrary flips."""
   t = _low_rank_plus_noise(jax.random.key(4))
-  first = _refresh_by(t, _eye_factors(jnp.complex64), MODES, method)
+  first = _refresh.refresh_factors(t, _eye_factors(jnp.complex64), MODES, method)
   # A different but equivalent input: the same tensor, negated and re-phased.
-  again = _refresh_by(t * (-1j), first, MODES, method)
+  again = _refresh.refresh_factors(t * (-1j), first, MODES, method)
   chex.assert_trees_all_close(again, first, atol=1e-3)
 
 
@@ -201,7 +189,7 @@ def test_ties_do_not_change_the_projection():
   t = jnp.eye(6, dtype=jnp.float32)[:, :, None] * jnp.ones(3)
   previous = (jnp.eye(6, 6, dtype=jnp.float32),)
   for method in REFRESH_METHODS:
-    factors = _refresh_by(t, previous, (0,), method)
+    factors = _refresh.refresh_factors(t, previous, (0,), method)
     np.testing.assert_allclose(_projector(factors[0]), np.eye(6), atol=1e-5)
 
 
@@ -215,7 +203,7 @@ def test_tall_unfoldings_use_the_small_gram_matrix(method, rank):
   t = t.astype(jnp.complex64)
   previous = (jnp.eye(40, rank, dtype=jnp.complex64),)
   exact = _refresh.refresh_factors(t, previous, (1,), "svd")
-  found = _refresh_by(t, previous, (1,), method)
+  found = _refresh.refresh_factors(t, previous, (1,), method)
   chex.assert_trees_all_close(found[0].conj().T @ found[0], jnp.eye(rank), atol=1e-5)
   kept = min(rank, 5)
   # The leading `kept` directions are the unfolding's whole range: same projector.

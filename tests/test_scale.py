@@ -76,7 +76,6 @@ def test_matched_runs_under_inject_hyperparams():
   ("kwargs", "message"),
   [
     ({"scale": "auto"}, "scale must be a number or 'matched', got 'auto'"),
-    ({"scale": "matched", "residual": "scaled"}, "residual='scaled'"),
   ],
 )
 def test_bad_scale_is_refused_with_its_value(kwargs, message):

@@ -520,3 +520,43 @@ def test_real_mlp_regression_with_projected_weights_ends_within_1_2x_of_adamw():
   assert all(len(layer["w"]) == 1 for layer in ours_state[0].factors)  # every weight projected
   adamw_loss, _ = train(optax.adamw(3e-3))
   assert ours_loss <= 1.2 * adamw_loss, (ours_loss, adamw_loss)
+
+
+# --- States of other versions --------------------------------------------------------------------
+
+
+def _five_field_state(state):
+  """A 0.2 release's state: two more per-leaf fields after the three of 0.3."""
+  empty = jax.tree.map(lambda _: (), state.factors, is_leaf=lambda x: isinstance(x, tuple))
+  return (*state, empty, empty)
+
+
+@pytest.mark.parametrize(
+  "restore",
+  [
+    tuple,
+    lambda s: dict(zip(("count", "factors", "base_optimizer_state", "residual_norms", "grams"), s)),
+  ],
+  ids=["tuple", "mapping"],
+)
+def test_a_state_of_the_previous_release_is_refused_clearly(restore):
+  params = {"w": jnp.ones((8, 6, 5), jnp.complex64)}
+  tx = tensor_galore(rank=0.5, min_size=1)
+  old = restore(_five_field_state(tx.init(params)))
+  with pytest.raises(ValueError, match="written by tensor_galore_optax 0.2"):
+    tx.update(params, old)
+
+
+def test_a_state_restored_as_a_mapping_of_its_fields_is_accepted():
+  params = {"w": jnp.ones((8, 6, 5), jnp.complex64)}
+  tx = tensor_galore(rank=0.5, min_size=1)
+  state = tx.init(params)
+  expected, _ = tx.update(params, state)
+  updates, _ = tx.update(params, state._asdict())
+  chex.assert_trees_all_close(updates, expected)
+
+
+def test_another_transformations_state_is_refused_by_name():
+  params = {"w": jnp.ones((8, 6, 5))}
+  with pytest.raises(ValueError, match="expected a TensorGaLoreState"):
+    tensor_galore(rank=0.5, min_size=1).update(params, optax.adam(1e-3).init(params))

@@ -1,12 +1,13 @@
-"""Compares AdamW, GaLore and Tensor-GaLore on the same data, seed and model.
+"""Compares every optimizer of the example on the same data, seed and model.
 
 Run from the repository root::
 
-  python -m examples.fno.compare --ranks 0.2,0.1 --out runs/compare
+  python -m examples.fno.compare --ranks 0.25 --out runs/compare
 
-AdamW trains once; Tensor-GaLore trains at each rank, and GaLore at the int
-rank whose optimizer state is closest in bytes to Tensor-GaLore's at that
-rank. Every other flag is ``python -m examples.fno``'s and applies to all
+AdamW trains once; at each rank, Tensor-GaLore (every mode), the input channels
+only (the recommended setting) and matrix GaLore (``optax.contrib.galore``'s
+side, at the int rank whose optimizer state is closest in bytes to
+Tensor-GaLore's at that rank). Every other flag is ``python -m examples.fno``'s and applies to all
 runs. Each run
 writes its own directory under ``--out``; the driver adds ``compare.md`` and
 ``compare.json`` (one row per run) and ``compare.png`` (test error against
@@ -21,7 +22,7 @@ import json
 import pathlib
 import sys
 
-from examples.fno import configs, plots, train
+from examples.fno import configs, optimizers, plots, train
 from examples.fno.tables import cell, markdown_table
 
 COLUMNS = (
@@ -38,12 +39,15 @@ COLUMNS = (
 
 
 def runs(config: configs.Config, ranks: list[float]) -> list[configs.Config]:
-  """The runs of a comparison: AdamW, then GaLore and Tensor-GaLore per rank."""
+  """The runs of a comparison: AdamW, then every projected optimizer per rank."""
   out = pathlib.Path(config.out)
   result = [dataclasses.replace(config, optimizer="adamw", rank=None, out=str(out / "adamw"))]
   for rank in ranks:
-    # rank=None makes GaLore match Tensor-GaLore's state bytes at tensor_rank.
-    for name, own_rank in (("galore", None), ("tensor_galore", rank)):
+    for name in optimizers.OPTIMIZERS:
+      if name == "adamw":
+        continue
+      # rank=None makes GaLore match Tensor-GaLore's state bytes at tensor_rank.
+      own_rank = None if name == "galore" else rank
       result.append(
         dataclasses.replace(
           config,
@@ -100,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--ranks",
     type=parse_ranks,
-    default=[0.2, 0.1],
-    help="Tensor-GaLore ranks, comma-separated (default: 0.2,0.1)",
+    default=[0.25],
+    help="Tensor-GaLore ranks, comma-separated (default: 0.25)",
   )
   configs.add_arguments(parser, skip=("optimizer", "rank", "tensor_rank", "resume"))
   parser.set_defaults(out="runs/compare")

@@ -56,6 +56,21 @@ def _rank(text: str) -> float | int:
     raise argparse.ArgumentTypeError(f"invalid rank {text!r}: expected an int or a float") from None
 
 
+def _scale(text: str) -> float | str:
+  """Parses a scale: ``"matched"`` or a positive number."""
+  if text == "matched":
+    return text
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"invalid scale {text!r}: expected 'matched' or a number"
+    ) from None
+  if not (math.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"invalid scale {text!r}: a number must be positive")
+  return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Settings of one training run; each field's ``help`` says what it sets."""
@@ -74,7 +89,7 @@ class Config:
   n_train: int = _field(1000, "generated training samples", metavar="N", bound="positive")
   n_test: int = _field(200, "generated test samples", metavar="M", bound="positive")
   resolution: int = _field(64, "generated grid size", metavar="S", bound="positive")
-  optimizer: str = _field("tensor_galore", "optimizer", choices=optimizers.OPTIMIZERS)
+  optimizer: str = _field(optimizers.RECOMMENDED, "optimizer", choices=optimizers.OPTIMIZERS)
   rank: float | int | None = _field(
     None,
     "projection rank, a fraction of every projected mode or an int (default: --tensor-rank "
@@ -84,22 +99,23 @@ class Config:
     metavar="R",
     bound="positive",
   )
-  # 0.2 rather than the library's 0.25: the small model's short modes (16 and 9)
-  # round up (ceil), so rank 0.25 keeps 0.30 of their entries and 0.2 keeps 0.25.
   tensor_rank: float = _field(
-    0.2, "tensor_galore's default rank, and galore's memory target", metavar="R", bound="positive"
+    0.25,
+    "the Tensor-GaLore variants' default rank, and galore's memory target",
+    metavar="R",
+    bound="positive",
   )
   # About four refreshes per default run: the factors follow the gradient's
   # subspace as it drifts, without paying for a decomposition every epoch.
   update_proj_gap: int = _field(
     100, "steps between factor refreshes", metavar="T", bound="positive"
   )
-  scale: float = _field(
-    1.0,
-    "multiplies the spectral weights' update: the back-projected one (GaLore's alpha), or "
-    "Adam's for adamw",
+  scale: float | str = _field(
+    "matched",
+    "the projected weights' step: 'matched' (as long as full-size Adam's) or a number "
+    "multiplying the back-projected update (GaLore's alpha; 1 is the paper's); unused by adamw",
+    type=_scale,
     metavar="A",
-    bound="positive",
   )
   moment_policy: str = _field(
     "keep", "what Adam's moments do at a refresh", choices=MOMENT_POLICIES
@@ -144,8 +160,10 @@ class Config:
   epochs: int = _field(15, "passes over the training set", metavar="E", bound="positive")
   batch_size: int = _field(20, "training samples per step", metavar="B", bound="positive")
   eval_batch_size: int = _field(50, "samples per evaluation step", metavar="B", bound="positive")
+  # Tuned: the best of a sweep for AdamW and the Tensor-GaLore variants alike
+  # (docs/research-notes.md).
   lr: float = _field(
-    3e-3,
+    2.4e-2,
     "peak learning rate, reached after one epoch of linear warm-up and decayed to 1%% of it "
     "by a cosine",
     metavar="LR",
@@ -165,7 +183,9 @@ class Config:
   fsdp_min_size: int = _field(
     2048, "smallest parameter sharded over the fsdp mesh axis", metavar="N", bound="non-negative"
   )
-  progress: bool = _field(True, "show a progress bar")
+  progress: bool = _field(
+    True, "show progress bars (on a terminal; redirected output gets per-epoch lines only)"
+  )
 
 
 # Metadata keys that are not arguments of `argparse`'s `add_argument`.
@@ -250,6 +270,10 @@ def validate(config: Config) -> None:
       continue
     if not (math.isfinite(value) and _BOUNDS[bound](value)):
       raise ConfigError(f"{flag(field.name)} must be a finite {bound} number, got {value}")
+  if config.scale != "matched" and not (
+    isinstance(config.scale, (int, float)) and math.isfinite(config.scale) and config.scale > 0
+  ):
+    raise ConfigError(f"--scale must be 'matched' or a positive number, got {config.scale!r}")
   for name in ("rank", "tensor_rank"):
     value = getattr(config, name)
     if isinstance(value, float) and value > 1:

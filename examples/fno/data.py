@@ -653,7 +653,11 @@ def generate(pde: str, *, batch_size: int = 32, verbose: bool = True, **params) 
   log = print if verbose else lambda *_: None
   sizes = (params["n_train"], params["n_test"])
   start = time.perf_counter()
-  with tqdm.tqdm(total=sum(sizes), unit="sample", desc=pde, disable=not verbose) as bar:
+  # `disable=None`: a bar on a terminal only; redirected to a file it would write a
+  # carriage-return frame per update.
+  with tqdm.tqdm(
+    total=sum(sizes), unit="sample", desc=pde, disable=None if verbose else True
+  ) as bar:
     if pde == "navier_stokes":
       arrays = _generate_navier_stokes(params, batch_size=batch_size, bar=bar, log=log)
     else:

@@ -17,19 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, *, below=False) -> None:
-  """Labels the axes, adds a grid and the legend, writes ``path`` and closes the figure.
-
-  ``below`` puts the legend under the axes, one entry per line, for many or
-  long labels that would cover the curves.
-  """
+def _save(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str) -> None:
+  """Labels the axes, adds a grid and the legend, writes ``path`` and closes the figure."""
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(True, which="both", alpha=0.3)
-  if below:
-    fig.legend(loc="outside lower center", fontsize="small")
-  else:
-    ax.legend()
+  ax.legend()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -116,22 +109,37 @@ def plot_compare(rows: Sequence[dict], path: str | os.PathLike) -> None:
   _save(fig, ax, path, "optimizer state (MiB)", "test relative L2")
 
 
-def plot_learning_curves(curves: dict[str, Sequence[Sequence[float]]], path: str | os.PathLike):
+def plot_learning_curves(
+  panels: dict[str, dict[str, Sequence[Sequence[float]]]], path: str | os.PathLike
+) -> None:
   """Plots the test error per epoch of several optimizers, each the mean over its seeds.
 
   Args:
-    curves: For each label, one sequence of per-epoch test errors per seed
-      (all of one length); the band spans the seeds' lowest to highest.
+    panels: One panel per title (a task): for each label, one sequence of
+      per-epoch test errors per seed (all of one length); the band spans the
+      seeds' lowest to highest. Labels keep their colour across panels.
     path: The PNG to write.
   """
+  labels = list(dict.fromkeys(label for curves in panels.values() for label in curves))
+  colours = {label: f"C{k % 10}" for k, label in enumerate(labels)}
   # The legend goes below the axes: a line of height per label.
-  fig, ax = plt.subplots(figsize=(7, 4 + 0.22 * len(curves)), layout="constrained")
-  for label, runs in curves.items():
-    runs = np.asarray(runs, dtype=float)
-    epochs = np.arange(1, runs.shape[1] + 1)
-    seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else " (1 seed)"
-    (line,) = ax.plot(epochs, runs.mean(axis=0), label=label + seeds)
-    if len(runs) > 1:
-      ax.fill_between(epochs, runs.min(axis=0), runs.max(axis=0), color=line.get_color(), alpha=0.2)
-  ax.set_yscale("log")
-  _save(fig, ax, path, "epoch", "test relative L2", below=True)
+  fig, axes = plt.subplots(
+    1, len(panels), figsize=(5 * len(panels) + 1, 4 + 0.22 * len(labels)), layout="constrained"
+  )
+  for ax, (title, curves) in zip(np.atleast_1d(axes), panels.items()):
+    for label, runs in curves.items():
+      runs = np.asarray(runs, dtype=float)
+      epochs = np.arange(1, runs.shape[1] + 1)
+      colour = colours[label]
+      ax.plot(epochs, runs.mean(axis=0), color=colour)
+      if len(runs) > 1:
+        ax.fill_between(epochs, runs.min(axis=0), runs.max(axis=0), color=colour, alpha=0.2)
+    ax.set_title(title)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test relative L2")
+    ax.grid(True, which="both", alpha=0.3)
+  handles = [plt.Line2D([], [], color=colours[label]) for label in labels]
+  fig.legend(handles, labels, loc="outside lower center", fontsize="small")
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -315,12 +315,20 @@ def restore_checkpoint(manager, params, opt_state, rng: jax.Array) -> tuple:
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
     {"params": params, "opt_state": opt_state, "rng": jax.random.key_data(rng)},
   )
-  restored = manager.restore(
-    epoch,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-    ),
-  )
+  try:
+    restored = manager.restore(
+      epoch,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+      ),
+    )
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(
+      f"--resume: the checkpoint of epoch {epoch} in {manager.directory} does not hold this "
+      "run's parameters and optimizer state (another optimizer or model setting, or a "
+      "tensor_galore_optax release with another state layout); resume with the settings it "
+      f"was written with, or pass --overwrite to start again. Restoring it said: {e}"
+    ) from e
   state = restored.state
   return (
     epoch,
@@ -394,7 +402,11 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     order = np.asarray(jax.random.permutation(key, len(x_train)))
     epoch_losses = []
     bar = tqdm.trange(
-      steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress
+      steps_per_epoch,
+      desc=f"epoch {epoch}/{config.epochs}",
+      # On a terminal only: redirected to a file, a bar writes a carriage-return frame per
+      # step; there the per-epoch line below is the log.
+      disable=None if config.progress else True,
     )
     for i in bar:
       index = order[i * config.batch_size : (i + 1) * config.batch_size]
