@@ -93,8 +93,8 @@ class Config:
   rank: float | int | None = _field(
     None,
     "projection rank, a fraction of every projected mode or an int (default: --tensor-rank "
-    "for tensor_galore; for galore, the int rank matching tensor_galore's state bytes at "
-    "--tensor-rank)",
+    "for the tensor_galore variants; for galore, the int rank matching tensor_galore's state "
+    "bytes at --tensor-rank)",
     type=_rank,
     metavar="R",
     bound="positive",
