@@ -103,12 +103,13 @@ def _check_arguments(
 
 
 def _default_spec(leaf, rank: Rank) -> TuckerSpec:
-  """Every axis of a tensor; one side of a matrix (the larger one), as GaLore.
+  """Every axis of a tensor; one side of a matrix (the smaller one, as GaLore's reference code).
 
   Projecting both sides of a matrix makes the core at a refresh diagonal up to
   round-off, and Adam's first step would turn that round-off into full-size
-  steps along every off-diagonal direction. A per-mode rank tuple says itself
-  which modes are projected.
+  steps along every off-diagonal direction. At a fraction of the entries, the
+  smaller side's factor is the smaller one too. A per-mode rank tuple says
+  itself which modes are projected.
   """
   one_sided = leaf.ndim == 2 and isinstance(rank, (int, float))
   return TuckerSpec(num_projected=1) if one_sided else TuckerSpec()
@@ -145,7 +146,8 @@ def _plans(tree: optax.Params, spec: SpecLike, rank: Rank, min_size: int):
     if s is None or leaf.size == 0:  # nothing to project in an empty leaf
       return None
     where = f"{_path(path)} with shape {tuple(leaf.shape)}"
-    return _tucker.make_plan(leaf.shape, s, rank, where)
+    resolved = _tucker.make_plan(leaf.shape, s, rank, where)
+    return resolved if resolved.projected_modes else None
 
   return treedef.unflatten(plan(p, leaf, s) for (p, leaf), s in zip(paths_and_leaves, specs))
 
@@ -336,11 +338,18 @@ def tensor_galore(
   (``optax.tree.conj``) before ``update``, as for any optax optimizer.
 
   Args:
-    rank: An int is the rank of every projected mode (clipped to the mode's
-      size). A float in (0, 1] is the fraction of a tensor's entries that its
-      core keeps at least: each of the ``N`` projected modes keeps
-      ``ceil(I_n * rank ** (1 / N))``. A tuple gives one entry per mode (an
-      int, a float fraction of that mode, or ``None`` = not projected).
+    rank: A float in (0, 1] is the fraction of a tensor's entries that its
+      core keeps, about that much of Adam's memory: by default the fewest
+      modes that reach it are projected (one, for most weights: the input
+      channels of an FNO or convolution kernel, the smaller side of a
+      matrix; see `TuckerSpec`), each of the ``N`` keeping
+      ``ceil(I_n * rank ** (1 / N))``; a warning names a leaf whose modes
+      are too short for it. An int is the rank of every projected mode. A
+      mode that a scalar rank cannot cut (a 3 x 3 kernel's) stays
+      unprojected, in its own coordinates; ``rank=1.0`` projects nothing. A
+      tuple gives one entry per mode (an int, a float fraction of that mode,
+      or ``None`` = not projected), each projected as given. Every mode, as
+      in the paper: ``spec=TuckerSpec(num_projected="all")``.
     update_proj_gap: The factors are recomputed at every multiple of this
       many steps, starting at step 0, and at no other step.
     scale: Multiplies the back-projected update of projected leaves (the
@@ -351,13 +360,14 @@ def tensor_galore(
       back-projected is about \(\sqrt{R / I}\) as long as Adam's step on
       the whole weight; ``"matched"`` gives projected weights the step
       length of full-size Adam, so that one learning rate suits projected
-      and unprojected leaves alike.
+      and unprojected leaves alike (the default of `tensor_galore_adamw`;
+      here 1.0, as the base optimizer may be any).
     base_optimizer: The transformation run on the cores; it must not need
       ``params``. Defaults to ``optax.scale_by_adam()``.
     min_size: With the default ``spec``, leaves with at least 2 dimensions and
-      at least this many entries are projected: tensors on every axis,
-      matrices on their larger side (as GaLore); smaller leaves (biases, norm
-      scales) go through ``base_optimizer`` at full size.
+      at least this many entries are projected, as ``rank`` says; smaller
+      leaves (biases, norm scales) go through ``base_optimizer`` at full
+      size.
     spec: Which leaves, and how each is seen as a tensor: a `TuckerSpec` for
       every eligible leaf (``ndim >= 2``, ``size >= min_size``), a pytree of
       specs matching the params (``None`` = not projected; explicit specs
@@ -394,8 +404,8 @@ def tensor_galore(
     ...     tensor_galore(rank=0.25, min_size=1000),
     ...     optax.scale_by_learning_rate(1e-3))
     >>> state = tx.init(params)
-    >>> [f.shape for f in state[0].factors['w']]
-    [(16, 12), (16, 12), (8, 6), (5, 4)]
+    >>> [f.shape for f in state[0].factors['w']]  # a quarter of the input channels
+    [(16, 4)]
     >>> updates, state = tx.update(params, state)
     >>> updates['w'].shape, updates['w'].dtype
     ((16, 16, 8, 5), dtype('complex64'))
@@ -518,7 +528,7 @@ def tensor_galore_adamw(
   mu_dtype: jax.typing.DTypeLike | None = None,
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
-  scale: jax.typing.ArrayLike | Literal["matched"] = 1.0,
+  scale: jax.typing.ArrayLike | Literal["matched"] = MATCHED,
   spec: SpecLike = None,
   refresh_method: RefreshMethod = "sthosvd",
   moment_policy: MomentPolicy = "keep",
@@ -555,9 +565,10 @@ def tensor_galore_adamw(
       keeps the cores' dtype.
     weight_decay: Strength of the decoupled weight decay.
     mask: Which leaves get weight decay, as in ``optax.adamw``.
-    scale: Multiplies the back-projected update of projected leaves; a
-      number, or ``"matched"`` for full-size Adam's step length; see
-      `tensor_galore`.
+    scale: Multiplies the back-projected update of projected leaves:
+      ``"matched"`` (the default here) gives them full-size Adam's step
+      length, so that the learning rate tuned for AdamW suits them; ``1.0``
+      is the paper's; see `tensor_galore`.
     spec: Which leaves are projected and how; see `tensor_galore`.
     refresh_method: How factors are recomputed; see `tensor_galore`.
     moment_policy: ``"keep"``, ``"reset"`` or ``"rotate"``; see `tensor_galore`.

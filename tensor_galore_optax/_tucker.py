@@ -11,8 +11,11 @@ Python here, so it runs once per trace and never inside the jitted step.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,10 @@ import jax.numpy as jnp
 # mode, an int (rank), a float (fraction of that mode) or None (not projected).
 Rank = int | float | Sequence[int | float | None]
 
+# How many modes a scalar rank projects: None (the fewest that reach a float's
+# budget), "all" (every mode it can cut) or at most that many.
+NumProjected = int | Literal["all"] | None
+
 
 @dataclasses.dataclass(frozen=True)
 class TuckerSpec:
@@ -30,10 +37,10 @@ class TuckerSpec:
   Matrix GaLore is a spec: group the axes into two modes and project one of
   them, e.g. ``TuckerSpec(modes=(0, (1, 2, 3)), num_projected=1)`` sees an
   ``(in, out, mx, my)`` weight as an ``(in, out * mx * my)`` matrix and
-  projects its larger side, as ``optax.contrib.galore`` does (the smaller
-  state). GaLore's reference code projects the smaller side instead, here
-  the input channels: ``TuckerSpec(modes=(0, (1, 2, 3)), rank=(r, None))``,
-  which updates exactly as mode 0 alone, ``TuckerSpec(rank=(r, None, None, None))``.
+  projects its smaller side, the input channels, as GaLore's reference code
+  does; it updates exactly as mode 0 alone,
+  ``TuckerSpec(rank=(r, None, None, None))``. ``optax.contrib.galore``
+  projects the larger side: ``TuckerSpec(modes=(0, (1, 2, 3)), rank=(None, r))``.
 
   Stacked layers (a scanned model's ``(L, in, out, mx, my)`` weight) name
   their layer axis in ``batch_axes``: each layer then gets its own factors
@@ -46,9 +53,14 @@ class TuckerSpec:
       of its own.
     rank: The rank for this leaf, in any form the transformation's ``rank``
       takes; ``None`` uses the transformation's ``rank``.
-    num_projected: Project only this many modes, the largest ones (the earlier
-      mode first among equal sizes). ``None`` projects every mode that the rank
-      selects.
+    num_projected: Which modes are projected. ``None`` (the default): with a
+      float rank, the fewest modes whose core keeps about that fraction of
+      the entries, the first in axis order (a mode longer than the rest of
+      the tensor, such as the long side of a matrix, last; see
+      `preferred_modes`); with an int rank, every mode it cuts. ``"all"``:
+      every mode the rank can cut, as in the Tensor-GaLore paper. An int:
+      that many modes, in that order. A mode that a scalar rank cannot cut
+      is never projected.
     batch_axes: Axes that index independent tensors (stacked layers): the
       projection is computed separately for every index along them.
 
@@ -59,7 +71,7 @@ class TuckerSpec:
 
   modes: Sequence[int | Sequence[int]] | None = None
   rank: Rank | None = None
-  num_projected: int | None = None
+  num_projected: NumProjected = None
   batch_axes: Sequence[int] = ()
 
   def __post_init__(self):
@@ -74,8 +86,7 @@ class TuckerSpec:
       validate_rank(self.rank, "TuckerSpec.rank")
       if not isinstance(self.rank, (int, float)):
         object.__setattr__(self, "rank", tuple(self.rank))
-    if self.num_projected is not None:
-      _check_int(self.num_projected, "num_projected", "TuckerSpec")
+    _check_num_projected(self.num_projected, "TuckerSpec")
     if isinstance(self.batch_axes, int):
       object.__setattr__(self, "batch_axes", (self.batch_axes,))
     object.__setattr__(
@@ -272,9 +283,16 @@ def _normalize_axes(
   return batch, groups
 
 
-def _check_int(value, name: str, where: str) -> None:
+def _check_num_projected(num_projected, where: str) -> None:
+  if num_projected is not None and num_projected != "all":
+    _check_int(num_projected, "num_projected", where, also='None or "all"')
+
+
+def _check_int(value, name: str, where: str, also: str = "") -> None:
   if isinstance(value, bool) or not isinstance(value, int):
-    raise TypeError(f"{where}: {name} must be an int, got {value!r}.")
+    raise TypeError(
+      f"{where}: {name} must be an int{' or ' + also if also else ''}, got {value!r}."
+    )
   if value <= 0:
     raise ValueError(f"{where}: {name} must be positive, got {value}.")
 
@@ -303,16 +321,42 @@ def _mode_rank(entry: int | float, size: int, cap: int) -> int:
   return max(1, min(entry, cap))
 
 
+def preferred_modes(mode_sizes: Sequence[int]) -> list[int]:
+  """The modes in the order they are picked for projection.
+
+  In axis order (the input channels of an FNO, ``(in, out, mx, my)``, or of a
+  Flax convolution, ``(kh, kw, in, out)``, before their output channels),
+  except that a mode longer than the rest of the tensor together (the long
+  side of a matrix) comes last: its factor, ``I_n x R_n``, would hold more
+  entries than the core it saves.
+  """
+  total = math.prod(mode_sizes)
+  return sorted(range(len(mode_sizes)), key=lambda n: (mode_sizes[n] ** 2 > total, n))
+
+
+# A float rank's core keeps "about" the fraction asked for when it keeps at most
+# this many times it (ceil rounds up); past the second, a warning says so.
+_ABOUT, _WARN = 1.25, 1.5
+
+
 def resolve_ranks(
-  rank: Rank, mode_sizes: Sequence[int], num_projected: int | None, where: str
+  rank: Rank, mode_sizes: Sequence[int], num_projected: NumProjected, where: str
 ) -> tuple[int | None, ...]:
   """Per-mode ranks ``R_n`` (``None`` = not projected) for one tensor.
 
-  A mode's rank is clipped to the mode's size, so ``rank=1.0`` (or a large int)
-  is the full-rank, lossless projection.
+  A mode's rank is clipped to the mode's size. With a scalar ``rank``, a mode
+  that it cannot cut (its rank would be its size) stays unprojected: rotated
+  whole it would save nothing, and Adam would normalise in a rotated basis.
+  With a float and ``num_projected=None``, the fewest modes whose core keeps
+  about ``rank`` of the entries (at most 1.25 times it), the first such in
+  the order of `preferred_modes`; if no choice does, the closest. ``"all"``
+  cuts every mode the rank can; an int, that many modes in that order. A
+  float whose core keeps more than 1.5 times ``rank`` warns, naming the
+  leaf. ``rank=1.0`` (or an int at least every mode's size) projects
+  nothing. A tuple keeps its exact meaning: every entry that is not ``None``
+  is projected.
   """
   n_modes = len(mode_sizes)
-  caps = list(mode_sizes)
   validate_rank(rank, where)
   if isinstance(rank, Sequence):
     if num_projected is not None:
@@ -322,32 +366,55 @@ def resolve_ranks(
         f"{where}: rank={tuple(rank)!r} has {len(rank)} entries but the tensor has "
         f"{n_modes} modes of sizes {tuple(mode_sizes)}."
       )
-    return tuple(
-      None if r is None else _mode_rank(r, i, c) for r, i, c in zip(rank, mode_sizes, caps)
-    )
-  if num_projected is None:
-    chosen = set(range(n_modes))
-  else:
-    _check_int(num_projected, "num_projected", where)
+    return tuple(None if r is None else _mode_rank(r, i, i) for r, i in zip(rank, mode_sizes))
+  _check_num_projected(num_projected, where)
+  order = preferred_modes(mode_sizes)
+  if isinstance(num_projected, int):
     if num_projected > n_modes:
       raise ValueError(
         f"{where}: num_projected={num_projected} exceeds the {n_modes} modes of sizes "
         f"{tuple(mode_sizes)}."
       )
-    by_size = sorted(range(n_modes), key=lambda n: (-mode_sizes[n], n))
-    chosen = set(by_size[:num_projected])
-  if isinstance(rank, float):
+    order = order[:num_projected]
+  if not isinstance(rank, float) or num_projected is not None:
+    resolved = _cut(rank, mode_sizes, set(order))
+  else:
+    # Every choice of modes, the fewest first, each in the order of `preferred_modes`.
+    options = [
+      _cut(rank, mode_sizes, set(modes))
+      for k in range(1, n_modes + 1)
+      for modes in itertools.combinations(order, k)
+    ]
+    kept = lambda ranks: _fraction(ranks, mode_sizes) / rank
+    resolved = next(
+      (r for r in options if kept(r) <= _ABOUT), min(options, key=lambda r: abs(math.log(kept(r))))
+    )
+  if isinstance(rank, float) and _fraction(resolved, mode_sizes) > _WARN * rank:
+    warnings.warn(
+      f"{where}: rank={rank} keeps {_fraction(resolved, mode_sizes):.2f} of its entries (ranks "
+      f"{resolved}): its modes are too short to cut to the fraction asked for. Give this "
+      "leaf a spec with per-mode ranks, or a smaller rank.",
+      stacklevel=2,
+    )
+  return resolved
+
+
+def _fraction(ranks: Sequence[int | None], mode_sizes: Sequence[int]) -> float:
+  """The fraction of a tensor's entries that a core of these ranks keeps."""
+  return math.prod(r or i for r, i in zip(ranks, mode_sizes)) / math.prod(mode_sizes)
+
+
+def _cut(rank: int | float, mode_sizes: Sequence[int], chosen: set[int]) -> tuple[int | None, ...]:
+  """Ranks of the ``chosen`` modes that ``rank`` cuts; ``None`` for the others."""
+  while True:
     # Each of the N projected modes keeps rank**(1/N) of its size, so the core
     # keeps at least `rank` of the entries.
-    per_mode = rank ** (1.0 / len(chosen))
-    return tuple(
-      _mode_rank(per_mode, i, c) if n in chosen else None
-      for n, (i, c) in enumerate(zip(mode_sizes, caps))
-    )
-  return tuple(
-    _mode_rank(rank, i, c) if n in chosen else None
-    for n, (i, c) in enumerate(zip(mode_sizes, caps))
-  )
+    per_mode = rank ** (1.0 / len(chosen)) if isinstance(rank, float) else rank
+    ranks = {n: _mode_rank(per_mode, mode_sizes[n], mode_sizes[n]) for n in chosen}
+    cut = {n for n in chosen if ranks[n] < mode_sizes[n]}
+    if cut == chosen or not cut:
+      return tuple(ranks[n] if n in cut else None for n in range(len(mode_sizes)))
+    chosen = cut  # the budget of the modes left whole goes to the others
 
 
 def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where: str) -> TuckerPlan:

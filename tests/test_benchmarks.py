@@ -1,6 +1,5 @@
 """Tests for the benchmarks' own machinery: XLA's peak breakdown and the memory recipes."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from examples.fno import compare, configs, data, main, optimizers, train
+from tensor_galore_optax import TuckerSpec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
@@ -251,20 +252,15 @@ def test_every_field_is_a_flag_with_the_config_default():
 
 
 def test_a_new_optimizer_variant_is_one_registry_entry(monkeypatch):
-  def svd_every_mode(learning_rate, rank, **settings):
-    return optimizers.projected(optimizers.every_mode)(
-      learning_rate, rank, **{**settings, "refresh_method": "svd"}
-    )
-
-  monkeypatch.setitem(
-    optimizers.OPTIMIZERS, "tensor_galore_svd", optimizers.Variant(svd_every_mode)
-  )
-  config = configs.from_args(main.parser().parse_args(["--optimizer", "tensor_galore_svd"]))
+  channels = optimizers.Variant(lambda rank: TuckerSpec(rank=(rank, rank, None, None)))
+  monkeypatch.setitem(optimizers.OPTIMIZERS, "tensor_galore_channels", channels)
+  config = configs.from_args(main.parser().parse_args(["--optimizer", "tensor_galore_channels"]))
   configs.validate(config)
   params = {"w": jax.ShapeDtypeStruct((8, 8, 4, 3), np.complex64)}
   optimizer, rank = optimizers.build(config.optimizer, 1e-3, params, tensor_rank=0.5)
   assert rank == 0.5
-  assert optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)) is not None
+  state = optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))
+  assert [f.shape for f in state[0].factors["w"]] == [(8, 4), (8, 4)]
 
 
 def test_the_default_run_trains_the_recommended_setting():
@@ -398,9 +394,7 @@ def test_compare_writes_one_table_and_figure(tiny_npz, tmp_path):
   assert compare.main(argv + TINY) == 0
 
   rows = json.loads((out / "compare.json").read_text())
-  assert [r["optimizer"] for r in rows] == [
-    "adamw", "galore", "tensor_galore", "tensor_galore_in_channels"
-  ]  # fmt: skip
+  assert [r["optimizer"] for r in rows] == list(optimizers.OPTIMIZERS)
   assert rows[0]["state_ratio"] == 1.0
   assert rows[2]["rank"] == 0.5 and rows[1]["tensor_rank"] == 0.5
   # GaLore's rank is matched to Tensor-GaLore's state size.
@@ -490,3 +484,56 @@ def test_stacked_spectral_weights_get_per_layer_projections(name):
       _unstacked(updates_scanned, 3),
       updates_plain,
     )
+
+
+@pytest.mark.parametrize("preset", ["cnn", "mlp"])
+def test_the_other_models_train_with_the_librarys_defaults(tiny_npz, tmp_path, preset, capsys):
+  out = tmp_path / preset
+  argv = ["--data", str(tiny_npz), "--preset", preset, "--width", "64", "--epochs", "2"]
+  argv += ["--lr", "3e-3"]  # 2.4e-2 is the FNO's rate
+  argv += ["--optimizer", "tensor_galore_defaults", "--out", str(out), "--batch-size", "8"]
+  argv += ["--eval-batch-size", "8", "--no-progress"]
+  assert main.main(argv) == 0
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+  # The plan is printed before training: the weights large enough are projected.
+  printed = capsys.readouterr().out
+  assert "modes (size->rank)" in printed and "->" in printed.split("modes (size->rank)")[1]
+  assert metrics["optimizer_state_bytes"] < 0.5 * metrics["adamw_state_bytes"]
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--preset", "cnn", "--modes", "4"], "--modes applies to the FNO presets"),
+    (["--preset", "mlp", "--remat"], "--preset mlp has no memory recipe"),
+  ],
+)
+def test_fno_only_settings_on_the_other_models_are_usage_errors(tmp_path, flags, message, capsys):
+  with pytest.raises(SystemExit) as exc:
+    main.main([*flags, "--out", str(tmp_path / "out")])
+  assert exc.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["small", "darcy"])
+def test_the_librarys_defaults_project_the_fno_as_the_recommended_setting(preset):
+  """On the FNO presets, no spec at rank 0.25 is the input channels with the matched step."""
+  from flax import nnx
+
+  from examples.fno import model
+
+  fno = model.PRESETS[preset].make(1, 1, resolution=(64, 64), rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(fno, nnx.Param))
+  rng = np.random.default_rng(0)
+  grads = jax.tree.map(
+    lambda p: (rng.standard_normal(p.shape) * (1 + 1j if np.iscomplexobj(p) else 1)).astype(
+      p.dtype
+    ),
+    params,
+  )
+  updates = []
+  for name in ("tensor_galore_defaults", optimizers.RECOMMENDED):
+    tx = optimizers.make_optimizer(name, 1e-2, rank=0.25, update_proj_gap=2)
+    updates.append(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *updates)

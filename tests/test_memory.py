@@ -15,15 +15,11 @@ def test_tensor_galore_adamw_state_bytes_match_the_shapes():
     "dense": jax.ShapeDtypeStruct((256, 128), jnp.float32),
     "bias": jax.ShapeDtypeStruct((128,), jnp.float32),
   }
-  # Hand calculation. rank 0.25: each of N modes keeps ceil(I_n * 0.25 ** (1 / N)).
-  # Matrices are projected on their larger side only, keeping the fraction.
-  spectral_core = (46, 46, 46, 24)  # ceil(64 * 0.7071...) = 46, ceil(33 * 0.7071...) = 24
-  dense_core = (64, 128)  # ceil(256 * 0.25); the 128 side is not projected
+  # Hand calculation. rank 0.25: the fewest modes that keep a quarter of the entries, one here.
+  spectral_core = (16, 64, 64, 33)  # the first mode, ceil(64 * 0.25)
+  dense_core = (256, 32)  # the smaller side, ceil(128 * 0.25); the 256 side is not projected
   complex_bytes, real_bytes = 8, 4
-  factors = (
-    sum(i * r for i, r in zip((64, 64, 64, 33), spectral_core)) * complex_bytes
-    + 256 * 64 * real_bytes
-  )
+  factors = 64 * 16 * complex_bytes + 128 * 32 * real_bytes
   # A complex core's second moment is stored real.
   first_moments = (
     math.prod(spectral_core) * complex_bytes + math.prod(dense_core) * real_bytes + 128 * real_bytes

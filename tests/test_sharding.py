@@ -63,7 +63,7 @@ def test_factors_counts_and_unprojected_leaves():
   tx = tensor_galore_adamw(1e-3, rank=0.5, min_size=1000)
   shardings = optimizer_state_shardings(tx, params, param_shardings)
   galore = shardings[0]
-  assert len(galore.factors["w"]) == 4 and galore.factors["b"] == ()
+  assert len(galore.factors["w"]) == 1 and galore.factors["b"] == ()  # the input channels
   assert all(s.spec == P() for s in galore.factors["w"])
   assert galore.count.spec == P() and galore.base_optimizer_state.count.spec == P()
   # The bias is not projected: its moments are the bias's shape and sharding.
@@ -90,7 +90,7 @@ def test_grouped_modes_give_replicated_cores():
 def test_shard_projected_axes_false_keeps_only_unprojected_dimensions():
   # Matrix GaLore: the 32 rows are projected to 8, the 16 columns are kept.
   params = {"w": _struct((32, 16))}
-  tx = tensor_galore_adamw(1e-3, rank=8, min_size=1, spec=TuckerSpec(num_projected=1))
+  tx = tensor_galore_adamw(1e-3, rank=(8, None), min_size=1)
   spec = {"w": _named("model", "data")}
   assert _mu(optimizer_state_shardings(tx, params, spec))["w"].spec == P("model", "data")
   kept = optimizer_state_shardings(tx, params, spec, shard_projected_axes=False)
@@ -154,9 +154,9 @@ def test_map_params_treats_factors_and_cores_as_parameters():
   tx = tensor_galore_adamw(1e-3, rank=0.5, min_size=1)
   visited = []
   optax.tree.map_params(tx, lambda v: visited.append(v.shape) or v, tx.init(params))
-  # rank 0.5 over 3 modes keeps ceil(I_n * 0.5 ** (1 / 3)) = ceil(0.794 I_n): (13, 7, 4).
-  assert (16, 13) in visited  # a factor
-  assert (13, 7, 4) in visited  # the core-shaped moments
+  # rank 0.5: the first mode alone reaches it, 8 of 16.
+  assert (16, 8) in visited  # a factor
+  assert (8, 8, 4) in visited  # the core-shaped moments
 
 
 def test_a_single_sharding_applies_to_every_leaf_and_none_reads_the_leaves():
@@ -203,8 +203,8 @@ REL_TOL = {jnp.float32: 1e-4, jnp.float64: 1e-10}
 SPEC = {
   # core (8, 12, 6, 3): dimension 0 stays divisible by 8, so it stays sharded.
   "spectral": TuckerSpec(rank=(8, 12, 6, 3)),
-  # Matrix GaLore (one side): core (8, 16), sharded like the weight's rows.
-  "dense": TuckerSpec(rank=8, num_projected=1),
+  # Matrix GaLore, the rows projected: core (8, 16), sharded like the weight's rows.
+  "dense": TuckerSpec(rank=(8, None)),
   # core (12, 6, 5): 12 is not divisible by 8, so the core is replicated.
   "mix": TuckerSpec(rank=(12, 6, 5)),
   "bias": None,

@@ -79,13 +79,20 @@ def test_low_rank_map_is_an_orthogonal_projection(rank, jit):
   assert 0 < float(jnp.linalg.norm(u)) < float(jnp.linalg.norm(grad))
 
 
-def test_factors_have_orthonormal_columns_and_documented_shapes():
+@pytest.mark.parametrize(
+  "spec, expected",
+  [
+    # By default the fewest modes that keep a quarter: the first, 3 of 12.
+    (None, [(12, 3)]),
+    # Every mode, as in the paper: each keeps ceil(I_n * 0.25 ** (1/4)).
+    (TuckerSpec(num_projected="all"), [(12, 9), (10, 8), (8, 6), (5, 4)]),
+  ],
+)
+def test_factors_have_orthonormal_columns_and_documented_shapes(spec, expected):
   grad = {"w": _complex_normal(jax.random.key(3), (12, 10, 8, 5)), "b": jnp.ones(12)}
-  tx = tensor_galore(rank=0.25, min_size=1)
+  tx = tensor_galore(rank=0.25, min_size=1, spec=spec)
   state = tx.init(grad)
   _, state = jax.jit(tx.update)(grad, state)
-  # Each of 4 modes keeps ceil(I_n * 0.25 ** (1/4)).
-  expected = [(12, 9), (10, 8), (8, 6), (5, 4)]
   assert [f.shape for f in state.factors["w"]] == expected
   assert state.factors["b"] == ()
   for f in state.factors["w"]:
@@ -125,7 +132,8 @@ def test_matrix_galore_spec_matches_optax_contrib_scale_by_galore():
     rank,
     update_proj_gap=gap,
     min_size=1,
-    spec=TuckerSpec(modes=(0, 1), num_projected=1),
+    # optax projects the larger side (the rows when rows >= columns).
+    spec={"tall": TuckerSpec(rank=(rank, None)), "wide": TuckerSpec(rank=(None, rank))},
     refresh_method="svd",
     moment_policy="keep",
   )

@@ -1,12 +1,15 @@
 """Tests of the Tucker algebra: rank resolution, tensor views, projections."""
 
 import math
+import warnings
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tensor_galore_optax import _tucker
 from tensor_galore_optax._tucker import TuckerSpec
@@ -15,24 +18,65 @@ from tensor_galore_optax._tucker import TuckerSpec
 @pytest.mark.parametrize(
   "rank, sizes, num_projected, expected",
   [
-    (4, (8, 3, 16), None, (4, 3, 4)),  # ints are clipped to each mode
-    (1.0, (8, 3, 16), None, (8, 3, 16)),  # full rank is lossless
-    (0.25, (64, 64, 64, 33), None, (46, 46, 46, 24)),  # ceil(I * 0.25 ** (1/4))
-    (0.25, (64, 64), None, (32, 32)),
-    (0.5, (10, 40), 1, (None, 20)),  # one side: the larger mode
-    (3, (7, 7), 1, (3, None)),  # ties: the earlier mode, as optax's GaLore
+    (4, (8, 3, 16), None, (4, None, 4)),  # ints are clipped; a mode kept whole is not projected
+    (1.0, (8, 3, 16), None, (None, None, None)),  # full rank: nothing to project
+    (0.25, (64, 64, 64, 33), None, (16, None, None, None)),  # the fewest modes: the first
+    (0.25, (64, 64, 64, 33), "all", (46, 46, 46, 24)),  # the paper's: ceil(I * 0.25 ** (1/4))
+    (0.25, (3, 3, 64, 64), None, (None, None, 16, None)),  # a 3 x 3 kernel's input channels
+    (0.25, (3, 3, 64, 64), "all", (None, None, 32, 32)),  # its 3 x 3 modes left whole
+    (0.25, (16, 16, 32, 17), None, (4, None, None, None)),  # axis order, not size
+    (0.25, (64, 64), None, (16, None)),
+    (0.5, (10, 40), 1, (5, None)),  # one side of a matrix: the smaller
+    (0.5, (40, 10), 1, (None, 5)),
+    (3, (7, 7), 1, (3, None)),  # ties: the earlier mode
+    (0.02, (3, 3, 64, 64), None, (None, None, 10, 10)),  # one mode would keep 1.6x the budget
     ((2, None, 0.5), (8, 3, 16), None, (2, None, 8)),
+    ((1.0, None), (8, 3), None, (8, None)),  # a tuple projects as given, whole modes too
   ],
 )
 def test_resolve_ranks(rank, sizes, num_projected, expected):
   assert _tucker.resolve_ranks(rank, sizes, num_projected, "t") == expected
 
 
+def test_modes_too_short_for_the_fraction_warn_naming_the_leaf():
+  with pytest.warns(UserWarning, match=r"leaf \['w'\].*keeps 0.25 of its entries"):
+    assert _tucker.resolve_ranks(0.1, (2, 2), None, "leaf ['w']") == (1, 1)
+
+
+_SIZES = st.lists(st.integers(1, 80), min_size=1, max_size=5)
+
+
+@given(sizes=_SIZES, rank=st.sampled_from([0.05, 0.1, 0.25, 0.5, 0.75]))
+def test_a_float_rank_keeps_about_that_fraction_when_the_shape_allows(sizes, rank):
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ranks = _tucker.resolve_ranks(rank, sizes, None, "t")
+  kept = math.prod(r or i for r, i in zip(ranks, sizes)) / math.prod(sizes)
+  # Never a mode rotated whole: a projected mode is cut.
+  assert all(r is None or r < i for r, i in zip(ranks, sizes))
+  # The fraction asked for, give or take the rounding, or a warning that says how much.
+  assert kept <= 1.5 * rank or [w for w in caught if "keeps" in str(w.message)]
+  # A mode as long as a quarter of the budget's inverse can alone keep about the fraction.
+  if any(i * rank >= 4 and i * i <= math.prod(sizes) for i in sizes):
+    assert 0.5 * rank <= kept <= 1.25 * rank
+
+
+@pytest.mark.filterwarnings("ignore:.*too short to cut")
+@given(a=st.integers(2, 300), b=st.integers(2, 300), rank=st.sampled_from([0.1, 0.25, 0.5]))
+def test_a_matrix_projects_its_smaller_side_at_a_float_rank(a, b, rank):
+  ranks = _tucker.resolve_ranks(rank, (a, b), 1, "t")
+  projected = [n for n, r in enumerate(ranks) if r is not None]
+  assert len(projected) <= 1
+  if projected:
+    assert (a, b)[projected[0]] == min(a, b)
+
+
 @pytest.mark.parametrize("fraction", [0.05, 0.1, 0.25, 0.5, 0.9])
 def test_float_rank_keeps_at_least_that_fraction_of_entries(fraction):
   sizes = (64, 64, 64, 33)
-  ranks = _tucker.resolve_ranks(fraction, sizes, None, "t")
-  assert math.prod(ranks) >= fraction * math.prod(sizes)
+  for num_projected in (None, "all"):
+    ranks = _tucker.resolve_ranks(fraction, sizes, num_projected, "t")
+    assert math.prod(r or i for r, i in zip(ranks, sizes)) >= fraction * math.prod(sizes)
 
 
 def test_plan_views_round_trip_and_group_axes():

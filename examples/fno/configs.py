@@ -18,9 +18,12 @@ import math
 import pathlib
 import typing
 
-from examples.fno import losses, model, optimizers
+from examples.fno import baselines, losses, model, optimizers
 from examples.fno.data import PDES
 from tensor_galore_optax import MOMENT_POLICIES, REFRESH_METHODS
+
+PRESETS = {**model.PRESETS, **baselines.PRESETS}
+"""Every model of the example by name: the FNO's presets, and the conv net's and the MLP's."""
 
 
 class ConfigError(ValueError):
@@ -121,7 +124,12 @@ class Config:
     "keep", "what Adam's moments do at a refresh", choices=MOMENT_POLICIES
   )
   refresh_method: str = _field("sthosvd", "how factors are recomputed", choices=REFRESH_METHODS)
-  preset: str = _field("small", "model preset", choices=model.PRESETS)
+  preset: str = _field(
+    "small",
+    "model preset: an FNO's, or cnn (3 x 3 convolutions) or mlp (dense layers on the "
+    "flattened field) for layers other than spectral ones",
+    choices=PRESETS,
+  )
   modes: int | None = _field(
     None,
     "Fourier modes per axis, clipped to the grid (default: the preset's)",

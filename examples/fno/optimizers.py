@@ -17,6 +17,11 @@ other leaf keeps full-size Adam moments.
   coordinates, so Adam normalises each of them as it does at full size. This is
   also matrix GaLore as GaLore's reference code orients it: the smaller side of
   the ``(in, out * mx * my)`` matrix projected.
+* ``tensor_galore_defaults``: `tensor_galore_adamw` with no spec: the
+  library's defaults on every leaf large enough, whatever the model (the only
+  projected variant for ``--preset cnn`` and ``mlp``, which have no spectral
+  weights). On the FNO presets it projects what ``tensor_galore_in_channels``
+  does.
 
 The projected variants take the run's ``scale``: ``"matched"`` (the default)
 gives their update the step length of full-size Adam, so all of them train at
@@ -28,6 +33,7 @@ and the command line's ``--optimizer`` offers it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -44,7 +50,7 @@ SpecOf = Callable[[Any], TuckerSpec]
 
 def every_mode(rank) -> TuckerSpec:
   """Tensor-GaLore: all four modes projected, ``rank`` as the transformation reads it."""
-  return TuckerSpec(rank=rank)
+  return TuckerSpec(rank=rank, num_projected="all")
 
 
 def larger_side(rank) -> TuckerSpec:
@@ -69,7 +75,7 @@ def stacked(spec: TuckerSpec) -> TuckerSpec:
   """
   shift = lambda group: group + 1 if isinstance(group, int) else tuple(a + 1 for a in group)
   modes = None if spec.modes is None else tuple(shift(group) for group in spec.modes)
-  return TuckerSpec(modes=modes, rank=spec.rank, batch_axes=(0,))
+  return dataclasses.replace(spec, modes=modes, batch_axes=(0,))
 
 
 def spectral_spec(spec: TuckerSpec):
@@ -83,51 +89,42 @@ def spectral_spec(spec: TuckerSpec):
   return lambda params: jax.tree.map(leaf_spec, params)
 
 
-def adamw(learning_rate, rank, *, weight_decay, **_) -> optax.GradientTransformation:
-  """``optax.adamw``; the rank and the projection settings do not apply."""
-  del rank
-  return optax.adamw(learning_rate, weight_decay=weight_decay)
-
-
-def projected(spec_of: SpecOf) -> Callable[..., optax.GradientTransformation]:
-  """A factory of `tensor_galore_adamw` projecting the spectral weights by ``spec_of(rank)``.
-
-  Returns:
-    ``make(learning_rate, rank, **settings) -> optimizer``, the settings being
-    keyword arguments of `tensor_galore_adamw`.
-  """
-
-  def make(learning_rate, rank, **settings):
-    return tensor_galore_adamw(learning_rate, spec=spectral_spec(spec_of(rank)), **settings)
-
-  return make
-
-
 class Variant(NamedTuple):
   """A named optimizer of the example.
 
   Attributes:
-    make: ``make(learning_rate, rank, *, weight_decay, update_proj_gap,
-      moment_policy, refresh_method, scale)`` returns the optimizer.
+    spec_of: ``spec_of(rank)`` is the `TuckerSpec` of each spectral weight;
+      ``None`` for ``adamw``; `DEFAULTS` for the library's own choice on
+      every leaf.
     default_rank: What an unset rank becomes: ``"tensor_rank"`` (the run's
       Tensor-GaLore rank), ``"matched"`` (the int rank whose state is closest
       in bytes to ``tensor_galore``'s at the Tensor-GaLore rank, see
       `matched_rank`) or ``None`` (the optimizer has no rank).
   """
 
-  make: Callable[..., optax.GradientTransformation]
+  spec_of: SpecOf | None
   default_rank: str | None = "tensor_rank"
 
 
+DEFAULTS: SpecOf = lambda rank: None
+"""`Variant.spec_of` of the library's defaults: no spec."""
+
 OPTIMIZERS: dict[str, Variant] = {
-  "adamw": Variant(adamw, default_rank=None),
-  "galore": Variant(projected(larger_side), default_rank="matched"),
-  "tensor_galore": Variant(projected(every_mode)),
-  "tensor_galore_in_channels": Variant(projected(input_channels)),
+  "adamw": Variant(None, default_rank=None),
+  "galore": Variant(larger_side, default_rank="matched"),
+  "tensor_galore": Variant(every_mode),
+  "tensor_galore_in_channels": Variant(input_channels),
+  "tensor_galore_defaults": Variant(DEFAULTS),
 }
 
 RECOMMENDED = "tensor_galore_in_channels"
 """The example's default: the setting that trained as well as AdamW on both PDE tasks."""
+
+
+def spec(name: str, rank) -> Any:
+  """The ``spec`` that optimizer ``name`` hands `tensor_galore_adamw` at ``rank``."""
+  spec_of = _variant(name).spec_of
+  return spec_of(rank) if spec_of is DEFAULTS else spectral_spec(spec_of(rank))
 
 
 def _variant(name: str) -> Variant:
@@ -167,9 +164,12 @@ def make_optimizer(
   Raises:
     ValueError: For an unknown name, or settings the optimizer rejects.
   """
-  return _variant(name).make(
+  if _variant(name).spec_of is None:
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+  return tensor_galore_adamw(
     learning_rate,
     rank,
+    spec=spec(name, rank),
     weight_decay=weight_decay,
     update_proj_gap=update_proj_gap,
     moment_policy=moment_policy,

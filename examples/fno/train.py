@@ -31,6 +31,7 @@ from examples.fno import configs, data, losses, model, optimizers, plots, steps
 from tensor_galore_optax import (
   optimizer_state_bytes,
   optimizer_state_shardings,
+  projection_plan,
   tree_bytes,
 )
 
@@ -143,11 +144,17 @@ def build_optimizer(
     raise ConfigError(str(e)) from e
 
 
-def model_config(config: Config) -> model.FNOConfig:
-  """The preset with the ``modes`` and ``width`` overrides of ``config``."""
-  preset = model.PRESETS[config.preset]
+def model_config(config: Config) -> Any:
+  """The preset with the ``modes`` and ``width`` overrides of ``config``.
+
+  Raises:
+    ConfigError: For ``modes`` of a model without Fourier modes.
+  """
+  preset = configs.PRESETS[config.preset]
   overrides = {}
   if config.modes is not None:
+    if not isinstance(preset, model.FNOConfig):
+      raise ConfigError(f"--modes applies to the FNO presets, not to --preset {config.preset}")
     overrides["modes"] = (config.modes, config.modes)
   if config.width is not None:
     overrides["width"] = config.width
@@ -210,6 +217,12 @@ def check_config(config: Config) -> None:
     ConfigError: Saying what is wrong.
   """
   configs.validate(config)
+  if not isinstance(model_config(config), model.FNOConfig):
+    recipe = ("remat", "scan_layers", "pointwise_chunk")
+    asked = [configs.flag(k) for k in recipe if getattr(config, k)]
+    asked += ["--activation-dtype"] if config.activation_dtype != "float32" else []
+    if asked:
+      raise ConfigError(f"--preset {config.preset} has no memory recipe: drop {' '.join(asked)}")
   check_out(config)
 
 
@@ -364,6 +377,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   steps_per_epoch = len(x_train) // config.batch_size
   schedule = make_schedule(config, steps_per_epoch)
   run = build(config, ds, mesh, schedule)
+  if run.rank is not None:  # what the optimizer keeps of each projected leaf, before training
+    params = nnx.to_pure_dict(run.params)
+    print(projection_plan(params, run.rank, spec=optimizers.spec(config.optimizer, run.rank)))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   train_step = jax.jit(

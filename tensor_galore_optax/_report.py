@@ -1,0 +1,122 @@
+"""What `tensor_galore` does with each leaf of a params tree, and what it keeps, before training."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import optax
+
+from tensor_galore_optax import _memory, _moments, _transform
+from tensor_galore_optax._tucker import Rank
+
+
+class LeafPlan(NamedTuple):
+  """One leaf's projection.
+
+  Attributes:
+    path: The leaf's path in the params tree (``jax.tree_util.keystr``).
+    shape: The leaf's shape.
+    modes: ``(I_n, R_n)`` per mode, ``R_n`` ``None`` where the mode is not
+      projected; ``()`` for a leaf that is not projected at all.
+    state_bytes: Bytes `tensor_galore` keeps for it with Adam: its factors
+      and Adam's two moments (on the core, or on the leaf if not projected).
+    adamw_bytes: Bytes of ``optax.adamw``'s two moments of the leaf.
+  """
+
+  path: str
+  shape: tuple[int, ...]
+  modes: tuple[tuple[int, int | None], ...]
+  state_bytes: int
+  adamw_bytes: int
+
+
+class ProjectionPlan(NamedTuple):
+  """Every leaf's `LeafPlan` and the totals; ``str()`` formats it as a table.
+
+  Attributes:
+    leaves: One `LeafPlan` per leaf, in the tree's order.
+    state_bytes: The whole state of `tensor_galore_adamw` with these settings.
+    adamw_state_bytes: The whole state of ``optax.adamw``.
+  """
+
+  leaves: tuple[LeafPlan, ...]
+  state_bytes: int
+  adamw_state_bytes: int
+
+  def __str__(self) -> str:
+    rows = [("leaf", "shape", "modes (size->rank)", "state / AdamW")]
+    for leaf in self.leaves:
+      modes = ", ".join(f"{i}->{r}" if r else f"{i}" for i, r in leaf.modes) or "not projected"
+      ratio = leaf.state_bytes / leaf.adamw_bytes if leaf.adamw_bytes else 1.0
+      rows.append((leaf.path, str(leaf.shape), modes, f"{ratio:.3f}"))
+    widths = [max(len(row[k]) for row in rows) for k in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    mb = lambda b: f"{b / 1e6:.2f} MB"
+    lines.append(
+      f"optimizer state {mb(self.state_bytes)}: "
+      f"{self.state_bytes / self.adamw_state_bytes:.3f}x AdamW's {mb(self.adamw_state_bytes)}"
+    )
+    return "\n".join(lines)
+
+
+def projection_plan(
+  params: optax.Params,
+  rank: Rank = 0.25,
+  *,
+  spec: _transform.SpecLike = None,
+  min_size: int = 16_384,
+  factor_dtype: jax.typing.DTypeLike | None = None,
+) -> ProjectionPlan:
+  """Which modes of each leaf `tensor_galore` projects, at which ranks, and the bytes it keeps.
+
+  Shapes only: nothing is allocated. The arguments mean what they mean for
+  `tensor_galore` (and `tensor_galore_adamw`); the bytes are those of Adam's
+  moments, as `tensor_galore_adamw` keeps them.
+
+  Args:
+    params: The parameters (arrays or ``jax.ShapeDtypeStruct`` leaves).
+    rank: The projection rank.
+    spec: Which leaves are projected and how.
+    min_size: Smallest leaf projected by default.
+    factor_dtype: The factors' precision.
+
+  Returns:
+    A `ProjectionPlan`; print it for a table.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from tensor_galore_optax import projection_plan
+    >>> params = {'conv': jnp.zeros((3, 3, 64, 64)), 'bias': jnp.zeros(64)}
+    >>> print(projection_plan(params, rank=0.25))
+    leaf      shape           modes (size->rank)  state / AdamW
+    ['bias']  (64,)           not projected       1.000
+    ['conv']  (3, 3, 64, 64)  3, 3, 64->16, 64    0.264
+    optimizer state 0.08 MB: 0.265x AdamW's 0.30 MB
+  """
+  tx = _transform.tensor_galore(rank, spec=spec, min_size=min_size, factor_dtype=factor_dtype)
+  state = jax.eval_shape(tx.init, params)
+  plans = _transform._plans(params, spec, rank, min_size)
+  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  cores_like = _transform._map_plans(_transform._core_struct, plans, params)
+  moment_bytes = [0] * len(paths_and_leaves)
+  for _, moments in _moments.find_moments(state.base_optimizer_state, cores_like):
+    for k, moment in enumerate(treedef.flatten_up_to(moments)):
+      moment_bytes[k] += _memory.tree_bytes(moment)
+  leaves = []
+  for k, ((path, leaf), plan, factors) in enumerate(
+    zip(paths_and_leaves, treedef.flatten_up_to(plans), treedef.flatten_up_to(state.factors))
+  ):
+    modes = () if plan is None else tuple(zip(plan.mode_sizes, plan.ranks))
+    leaves.append(
+      LeafPlan(
+        path=jax.tree_util.keystr(path),
+        shape=tuple(leaf.shape),
+        modes=modes,
+        state_bytes=_memory.tree_bytes(factors) + moment_bytes[k],
+        adamw_bytes=2 * _memory.tree_bytes(leaf),
+      )
+    )
+  adamw = _memory.optimizer_state_bytes(optax.adamw(1e-3), params)
+  # Decay and learning rate, chained after it in `tensor_galore_adamw`, keep no state.
+  return ProjectionPlan(tuple(leaves), _memory.tree_bytes(state), adamw)
