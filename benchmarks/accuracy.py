@@ -83,9 +83,9 @@ class Study:
 
 
 _SWEEP_LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2)
-_LAYER_LRS = (1e-3, 3e-3, 1e-2)
+_LAYER_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 # Layers other than spectral ones: the library's defaults (no spec) at rank 0.25.
-_LAYER_SETTINGS = {"tensor_rank": 0.25, "scale": "matched", "epochs": 15}
+_LAYER_SETTINGS = {"tensor_rank": 0.25, "scale": "matched", "epochs": 15, "update_proj_gap": 100}
 
 STUDIES: dict[str, Study] = {
   "main": Study(
@@ -115,13 +115,37 @@ STUDIES: dict[str, Study] = {
     settings={"scale": 1.0, "tensor_rank": 0.2, "epochs": 15},
   ),
   "layers_lr": Study(
-    "The learning rate of AdamW and the library's defaults on a conv net and an MLP (seed 0)",
+    "The learning rate of AdamW and Tensor-GaLore's defaults on a conv net and an MLP (seed 0)",
     tasks=("darcy16",),
     rows=tuple(
       Row(f"{preset}: {name}, lr {lr:g}", {"preset": preset, "optimizer": name, "lr": lr})
       for preset in ("cnn", "mlp")
       for name in ("adamw", "tensor_galore_defaults")
       for lr in _LAYER_LRS
+    )
+    # The other candidate default on the conv net: every mode the rank can cut (the paper's).
+    + tuple(
+      Row(
+        f"cnn: tensor_galore_defaults, every mode, lr {lr:g}",
+        {"preset": "cnn", "optimizer": "tensor_galore_defaults", "projection": "all", "lr": lr},
+      )
+      for lr in _LAYER_LRS
+    )
+    # On the MLP: is it the refresh gap (two epochs for the subspace of a 20-sample gradient),
+    # or the matched step?
+    + tuple(
+      Row(
+        f"mlp: tensor_galore_defaults, gap 20, lr {lr:g}",
+        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "update_proj_gap": 20, "lr": lr},
+      )
+      for lr in (3e-3, 1e-2)
+    )
+    + tuple(
+      Row(
+        f"mlp: tensor_galore_defaults, scale 1, lr {lr:g}",
+        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "scale": 1.0, "lr": lr},
+      )
+      for lr in (1e-2, 3e-2)
     ),
     seeds=(0,),
     settings=_LAYER_SETTINGS,

@@ -223,6 +223,7 @@ def test_every_field_is_a_flag_with_the_config_default():
     "--scale",
     "--moment-policy",
     "--refresh-method",
+    "--projection",
     "--preset",
     "--modes",
     "--width",
@@ -506,7 +507,7 @@ def test_the_other_models_train_with_the_librarys_defaults(tiny_npz, tmp_path, p
   "flags, message",
   [
     (["--preset", "cnn", "--modes", "4"], "--modes applies to the FNO presets"),
-    (["--preset", "mlp", "--remat"], "--preset mlp has no memory recipe"),
+    (["--preset", "mlp", "--optimizer", "adamw", "--remat"], "--preset mlp has no memory recipe"),
   ],
 )
 def test_fno_only_settings_on_the_other_models_are_usage_errors(tmp_path, flags, message, capsys):
@@ -537,3 +538,26 @@ def test_the_librarys_defaults_project_the_fno_as_the_recommended_setting(preset
     tx = optimizers.make_optimizer(name, 1e-2, rank=0.25, update_proj_gap=2)
     updates.append(jax.jit(tx.update)(grads, tx.init(params), params)[0])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *updates)
+
+
+def test_projection_all_projects_every_mode_the_rank_cuts():
+  params = {"conv": np.zeros((3, 3, 64, 64), np.float32)}
+  for projection, expected in (("fewest", [(64, 16)]), ("all", [(64, 32), (64, 32)])):
+    tx = optimizers.make_optimizer("tensor_galore_defaults", 1e-3, rank=0.25, projection=projection)
+    assert [f.shape for f in tx.init(params)[0].factors["conv"]] == expected, projection
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--preset", "cnn", "--optimizer", "tensor_galore"], "projects spectral weights only"),
+    (["--scan-layers", "--optimizer", "tensor_galore_defaults"], "would project as a mode"),
+  ],
+)
+def test_optimizers_that_would_not_do_what_they_say_are_usage_errors(
+  tmp_path, flags, message, capsys
+):
+  with pytest.raises(SystemExit) as exc:
+    main.main([*flags, "--out", str(tmp_path / "out")])
+  assert exc.value.code == 2
+  assert message in capsys.readouterr().err

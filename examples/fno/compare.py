@@ -4,11 +4,12 @@ Run from the repository root::
 
   python -m examples.fno.compare --ranks 0.25 --out runs/compare
 
-AdamW trains once; at each rank, Tensor-GaLore (every mode), the input channels
-only (the recommended setting) and matrix GaLore (``optax.contrib.galore``'s
-side, at the int rank whose optimizer state is closest in bytes to
-Tensor-GaLore's at that rank). Every other flag is ``python -m examples.fno``'s and applies to all
-runs. Each run
+AdamW trains once; at each rank, every other optimizer of the example
+(`optimizers.OPTIMIZERS`): Tensor-GaLore (every mode), the input channels only
+(the recommended setting), the library's defaults, and matrix GaLore
+(``optax.contrib.galore``'s side, at the int rank whose optimizer state is
+closest in bytes to Tensor-GaLore's at that rank). FNO presets only. Every
+other flag is ``python -m examples.fno``'s and applies to all runs. Each run
 writes its own directory under ``--out``; the driver adds ``compare.md`` and
 ``compare.json`` (one row per run) and ``compare.png`` (test error against
 optimizer memory).

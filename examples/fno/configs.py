@@ -124,6 +124,12 @@ class Config:
     "keep", "what Adam's moments do at a refresh", choices=MOMENT_POLICIES
   )
   refresh_method: str = _field("sthosvd", "how factors are recomputed", choices=REFRESH_METHODS)
+  projection: str = _field(
+    "fewest",
+    "which modes tensor_galore_defaults projects: the fewest that keep the rank's fraction "
+    "(the library's default), or all that the rank can cut (the paper's)",
+    choices=optimizers.PROJECTIONS,
+  )
   preset: str = _field(
     "small",
     "model preset: an FNO's, or cnn (3 x 3 convolutions) or mlp (dense layers on the "

@@ -20,8 +20,9 @@ other leaf keeps full-size Adam moments.
 * ``tensor_galore_defaults``: `tensor_galore_adamw` with no spec: the
   library's defaults on every leaf large enough, whatever the model (the only
   projected variant for ``--preset cnn`` and ``mlp``, which have no spectral
-  weights). On the FNO presets it projects what ``tensor_galore_in_channels``
-  does.
+  weights). On the small and darcy FNO presets it projects what
+  ``tensor_galore_in_channels`` does (on ns128 also a projection MLP's kernel,
+  which reaches ``min_size``).
 
 The projected variants take the run's ``scale``: ``"matched"`` (the default)
 gives their update the step length of full-size Adam, so all of them train at
@@ -121,10 +122,29 @@ RECOMMENDED = "tensor_galore_in_channels"
 """The example's default: the setting that trained as well as AdamW on both PDE tasks."""
 
 
-def spec(name: str, rank) -> Any:
-  """The ``spec`` that optimizer ``name`` hands `tensor_galore_adamw` at ``rank``."""
+PROJECTIONS = ("fewest", "all")
+"""What ``tensor_galore_defaults`` projects: the library's default choice of modes (the fewest
+that keep the rank's fraction), or every mode the rank can cut (``TuckerSpec(num_projected="all")``,
+the paper's)."""
+
+
+def spectral_only(name: str) -> bool:
+  """Whether optimizer ``name`` projects the spectral weights only (nothing in a cnn or mlp)."""
   spec_of = _variant(name).spec_of
-  return spec_of(rank) if spec_of is DEFAULTS else spectral_spec(spec_of(rank))
+  return spec_of is not None and spec_of is not DEFAULTS
+
+
+def spec(name: str, rank, projection: str = "fewest") -> Any:
+  """The ``spec`` that optimizer ``name`` hands `tensor_galore_adamw` at ``rank``.
+
+  ``projection`` (one of `PROJECTIONS`) applies to ``tensor_galore_defaults`` only.
+  """
+  spec_of = _variant(name).spec_of
+  if spec_of is not DEFAULTS:
+    return spectral_spec(spec_of(rank))
+  if projection not in PROJECTIONS:
+    raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+  return None if projection == "fewest" else TuckerSpec(num_projected="all")
 
 
 def _variant(name: str) -> Variant:
@@ -143,6 +163,7 @@ def make_optimizer(
   moment_policy: str = "keep",
   refresh_method: str = "sthosvd",
   scale: float | str = "matched",
+  projection: str = "fewest",
 ) -> optax.GradientTransformation:
   """One of `OPTIMIZERS`, all AdamW with the same hyper-parameters.
 
@@ -157,6 +178,7 @@ def make_optimizer(
     refresh_method: How factors are recomputed (see `tensor_galore`).
     scale: The projected weights' step (see `tensor_galore`): ``"matched"``
       or a number multiplying the back-projected update; unused by ``adamw``.
+    projection: Which modes ``tensor_galore_defaults`` projects (`PROJECTIONS`).
 
   Returns:
     The optimizer.
@@ -169,7 +191,7 @@ def make_optimizer(
   return tensor_galore_adamw(
     learning_rate,
     rank,
-    spec=spec(name, rank),
+    spec=spec(name, rank, projection),
     weight_decay=weight_decay,
     update_proj_gap=update_proj_gap,
     moment_policy=moment_policy,

@@ -137,6 +137,7 @@ def build_optimizer(
       update_proj_gap=config.update_proj_gap,
       moment_policy=config.moment_policy,
       refresh_method=config.refresh_method,
+      projection=config.projection,
       scale=config.scale,
     )
   except (TypeError, ValueError) as e:
@@ -217,7 +218,17 @@ def check_config(config: Config) -> None:
     ConfigError: Saying what is wrong.
   """
   configs.validate(config)
+  if config.scan_layers and config.optimizer == "tensor_galore_defaults":
+    raise ConfigError(
+      "--scan-layers stacks the spectral weights on a layer axis, which the library's defaults "
+      "would project as a mode: use another --optimizer with it"
+    )
   if not isinstance(model_config(config), model.FNOConfig):
+    if optimizers.spectral_only(config.optimizer):
+      raise ConfigError(
+        f"--optimizer {config.optimizer} projects spectral weights only, and --preset "
+        f"{config.preset} has none: use adamw or tensor_galore_defaults"
+      )
     recipe = ("remat", "scan_layers", "pointwise_chunk")
     asked = [configs.flag(k) for k in recipe if getattr(config, k)]
     asked += ["--activation-dtype"] if config.activation_dtype != "float32" else []
@@ -379,7 +390,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   run = build(config, ds, mesh, schedule)
   if run.rank is not None:  # what the optimizer keeps of each projected leaf, before training
     params = nnx.to_pure_dict(run.params)
-    print(projection_plan(params, run.rank, spec=optimizers.spec(config.optimizer, run.rank)))
+    spec = optimizers.spec(config.optimizer, run.rank, config.projection)
+    print(projection_plan(params, run.rank, spec=spec))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   train_step = jax.jit(
