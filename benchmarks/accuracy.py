@@ -85,7 +85,13 @@ class Study:
 _SWEEP_LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2)
 _LAYER_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 # Layers other than spectral ones: the library's defaults (no spec) at rank 0.25.
-_LAYER_SETTINGS = {"tensor_rank": 0.25, "scale": "matched", "epochs": 15, "update_proj_gap": 100}
+_LAYER_SETTINGS = {
+  "tensor_rank": 0.25,
+  "scale": "matched",
+  "epochs": 15,
+  "update_proj_gap": 100,
+  "projection": "fewest",
+}
 
 STUDIES: dict[str, Study] = {
   "main": Study(
@@ -148,6 +154,28 @@ STUDIES: dict[str, Study] = {
       for lr in (1e-2, 3e-2)
     ),
     seeds=(0,),
+    settings=_LAYER_SETTINGS,
+  ),
+  "layers": Study(
+    "AdamW and Tensor-GaLore's defaults on a conv net and an MLP, each at its best rate",
+    tasks=("darcy16",),
+    rows=(
+      # The best rate of each in `layers_lr`, whose seed-0 runs these rows share.
+      Row("cnn: adamw, lr 0.01", {"preset": "cnn", "optimizer": "adamw", "lr": 1e-2}),
+      Row(
+        "cnn: tensor_galore_defaults, lr 0.01",
+        {"preset": "cnn", "optimizer": "tensor_galore_defaults", "lr": 1e-2},
+      ),
+      Row(
+        "cnn: tensor_galore_defaults, every mode, lr 0.003",
+        {"preset": "cnn", "optimizer": "tensor_galore_defaults", "projection": "all", "lr": 3e-3},
+      ),
+      Row("mlp: adamw, lr 0.003", {"preset": "mlp", "optimizer": "adamw", "lr": 3e-3}),
+      Row(
+        "mlp: tensor_galore_defaults, lr 0.003",
+        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "lr": 3e-3},
+      ),
+    ),
     settings=_LAYER_SETTINGS,
   ),
   "moment_policy": Study(

@@ -99,24 +99,27 @@ def projection_plan(
   plans = _transform._plans(params, spec, rank, min_size)
   paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   cores_like = _transform._map_plans(_transform._core_struct, plans, params)
+  # Adam's moments, found by structure (`_moments`), summed per leaf.
   moment_bytes = [0] * len(paths_and_leaves)
   for _, moments in _moments.find_moments(state.base_optimizer_state, cores_like):
     for k, moment in enumerate(treedef.flatten_up_to(moments)):
       moment_bytes[k] += _memory.tree_bytes(moment)
-  leaves = []
-  for k, ((path, leaf), plan, factors) in enumerate(
-    zip(paths_and_leaves, treedef.flatten_up_to(plans), treedef.flatten_up_to(state.factors))
-  ):
-    modes = () if plan is None else tuple(zip(plan.mode_sizes, plan.ranks))
-    leaves.append(
-      LeafPlan(
-        path=jax.tree_util.keystr(path),
-        shape=tuple(leaf.shape),
-        modes=modes,
-        state_bytes=_memory.tree_bytes(factors) + moment_bytes[k],
-        adamw_bytes=2 * _memory.tree_bytes(leaf),
-      )
+  per_leaf = zip(
+    paths_and_leaves,
+    treedef.flatten_up_to(plans),
+    treedef.flatten_up_to(state.factors),
+    moment_bytes,
+  )
+  leaves = tuple(
+    LeafPlan(
+      path=jax.tree_util.keystr(path),
+      shape=tuple(leaf.shape),
+      modes=() if plan is None else tuple(zip(plan.mode_sizes, plan.ranks)),
+      state_bytes=_memory.tree_bytes(factors) + moments,
+      adamw_bytes=2 * _memory.tree_bytes(leaf),
     )
+    for (path, leaf), plan, factors, moments in per_leaf
+  )
   adamw = _memory.optimizer_state_bytes(optax.adamw(1e-3), params)
   # Decay and learning rate, chained after it in `tensor_galore_adamw`, keep no state.
-  return ProjectionPlan(tuple(leaves), _memory.tree_bytes(state), adamw)
+  return ProjectionPlan(leaves, _memory.tree_bytes(state), adamw)

@@ -314,11 +314,12 @@ def validate_rank(rank: Rank, where: str = "tensor_galore") -> None:
     raise TypeError(f"{where}: rank must be an int, a float or a tuple, got {rank!r}.")
 
 
-def _mode_rank(entry: int | float, size: int, cap: int) -> int:
+def _mode_rank(entry: int | float, size: int) -> int:
+  """A mode's rank: an int clipped to its size, or a float fraction of it rounded up."""
   if isinstance(entry, float):
     # The tiny offset keeps exact products (0.5 * 64) from rounding up.
     entry = math.ceil(size * entry - 1e-9)
-  return max(1, min(entry, cap))
+  return max(1, min(entry, size))
 
 
 def preferred_modes(mode_sizes: Sequence[int]) -> list[int]:
@@ -366,7 +367,7 @@ def resolve_ranks(
         f"{where}: rank={tuple(rank)!r} has {len(rank)} entries but the tensor has "
         f"{n_modes} modes of sizes {tuple(mode_sizes)}."
       )
-    return tuple(None if r is None else _mode_rank(r, i, i) for r, i in zip(rank, mode_sizes))
+    return tuple(None if r is None else _mode_rank(r, i) for r, i in zip(rank, mode_sizes))
   _check_num_projected(num_projected, where)
   order = preferred_modes(mode_sizes)
   if isinstance(num_projected, int):
@@ -410,7 +411,7 @@ def _cut(rank: int | float, mode_sizes: Sequence[int], chosen: set[int]) -> tupl
     # Each of the N projected modes keeps rank**(1/N) of its size, so the core
     # keeps at least `rank` of the entries.
     per_mode = rank ** (1.0 / len(chosen)) if isinstance(rank, float) else rank
-    ranks = {n: _mode_rank(per_mode, mode_sizes[n], mode_sizes[n]) for n in chosen}
+    ranks = {n: _mode_rank(per_mode, mode_sizes[n]) for n in chosen}
     cut = {n for n in chosen if ranks[n] < mode_sizes[n]}
     if cut == chosen or not cut:
       return tuple(ranks[n] if n in cut else None for n in range(len(mode_sizes)))
