@@ -138,7 +138,7 @@ STUDIES: dict[str, Study] = {
       for lr in _LAYER_LRS
     )
     # On the MLP: is it the refresh gap (two epochs for the subspace of a 20-sample gradient),
-    # or the matched step?
+    # the matched step, or the truncation itself (a rank of half)?
     + tuple(
       Row(
         f"mlp: tensor_galore_defaults, gap 20, lr {lr:g}",
@@ -152,6 +152,14 @@ STUDIES: dict[str, Study] = {
         {"preset": "mlp", "optimizer": "tensor_galore_defaults", "scale": 1.0, "lr": lr},
       )
       for lr in (1e-2, 3e-2)
+    )
+    # Or the truncation itself: a rank of half.
+    + tuple(
+      Row(
+        f"mlp: tensor_galore_defaults, rank 0.5, lr {lr:g}",
+        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "tensor_rank": 0.5, "lr": lr},
+      )
+      for lr in (3e-3, 1e-2)
     ),
     seeds=(0,),
     settings=_LAYER_SETTINGS,
