@@ -91,6 +91,8 @@ _LAYER_SETTINGS = {
   "epochs": 15,
   "update_proj_gap": 100,
   "projection": "fewest",
+  "moment_policy": "keep",
+  "refresh_method": "sthosvd",
 }
 
 STUDIES: dict[str, Study] = {
@@ -138,7 +140,7 @@ STUDIES: dict[str, Study] = {
       for lr in _LAYER_LRS
     )
     # On the MLP: is it the refresh gap (two epochs for the subspace of a 20-sample gradient),
-    # the matched step, or the truncation itself (a rank of half)?
+    # the matched step, the moments kept across a refresh, or the truncation itself?
     + tuple(
       Row(
         f"mlp: tensor_galore_defaults, gap 20, lr {lr:g}",
@@ -152,6 +154,18 @@ STUDIES: dict[str, Study] = {
         {"preset": "mlp", "optimizer": "tensor_galore_defaults", "scale": 1.0, "lr": lr},
       )
       for lr in (1e-2, 3e-2)
+    )
+    + tuple(
+      Row(
+        f"mlp: tensor_galore_defaults, moments {policy}, lr 0.003",
+        {
+          "preset": "mlp",
+          "optimizer": "tensor_galore_defaults",
+          "moment_policy": policy,
+          "lr": 3e-3,
+        },
+      )
+      for policy in ("reset", "rotate")
     )
     # Or the truncation itself: a rank of half.
     + tuple(
