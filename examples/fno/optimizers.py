@@ -2,8 +2,8 @@
 
 All are AdamW with the same hyper-parameters; they differ only in where Adam's
 moments live for the spectral weights (complex ``(in, out, mx, my)`` tensors).
-As in the Tensor-GaLore paper, only the spectral weights are projected; every
-other leaf keeps full-size Adam moments.
+As in the Tensor-GaLore paper, only the spectral weights are projected (but
+by ``tensor_galore_defaults``); every other leaf keeps full-size Adam moments.
 
 * ``adamw``: ``optax.adamw``, full-size moments everywhere.
 * ``galore``: matrix GaLore as ``optax.contrib.galore`` orients it: each
