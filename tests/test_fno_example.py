@@ -561,3 +561,14 @@ def test_optimizers_that_would_not_do_what_they_say_are_usage_errors(
     main.main([*flags, "--out", str(tmp_path / "out")])
   assert exc.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_redirected_output_has_plain_epoch_lines_not_progress_bar_frames(
+  tiny_npz, tmp_path, capsys
+):
+  argv = ["--data", str(tiny_npz), "--epochs", "2", "--out", str(tmp_path / "run")]
+  argv += [a for a in TINY if a != "--no-progress"]  # progress on, as by default
+  assert main.main(argv) == 0
+  captured = capsys.readouterr()
+  assert "\r" not in captured.err + captured.out  # pytest's capture is not a terminal
+  assert "epoch 1: train loss" in captured.out and "epoch 2: train loss" in captured.out
