@@ -30,6 +30,7 @@ import statistics
 import sys
 from typing import Any
 
+import tensor_galore_optax
 from benchmarks import common
 from examples.fno import configs, plots
 from examples.fno.tables import markdown_table
@@ -261,8 +262,6 @@ def _run_config(study: Study, row: Row, task: str, seed: int, args) -> configs.C
 
 def _record(task: str, row: Row, config: configs.Config, metrics: dict) -> dict:
   """One run's committed data."""
-  import tensor_galore_optax
-
   return {
     "task": task,
     "row": row.label,

@@ -6,7 +6,7 @@ without importing each other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -47,19 +47,13 @@ def as_state(state) -> TensorGaLoreState:
   if isinstance(state, TensorGaLoreState):
     return state
   names = TensorGaLoreState._fields
-  if isinstance(state, Mapping):
-    keys = tuple(state)
-    if set(keys) == set(names):
-      return TensorGaLoreState(**{k: state[k] for k in names})
-    old = set(_FIELDS_BEFORE_0_3) & set(keys)
-  elif isinstance(state, Sequence) and not isinstance(state, str):
-    keys = tuple(getattr(state, "_fields", range(len(state))))
-    if len(state) == len(names) and not hasattr(state, "_fields"):
-      return TensorGaLoreState(*state)
-    old = set(_FIELDS_BEFORE_0_3) & set(keys) or (len(state) == 5 and not hasattr(state, "_fields"))
-  else:
-    keys, old = type(state).__name__, False
-  if old:
+  if isinstance(state, Mapping) and set(state) == set(names):
+    return TensorGaLoreState(**{k: state[k] for k in names})
+  plain = isinstance(state, (list, tuple)) and not hasattr(state, "_fields")
+  if plain and len(state) == len(names):
+    return TensorGaLoreState(*state)
+  fields = tuple(state) if isinstance(state, Mapping) else getattr(state, "_fields", ())
+  if set(fields) & set(_FIELDS_BEFORE_0_3) or (plain and len(state) == 5):
     raise ValueError(
       "this tensor_galore state has five fields (count, factors, base_optimizer_state, "
       "residual_norms, grams): it was written by tensor_galore_optax 0.2, whose state 0.3 "
@@ -67,6 +61,6 @@ def as_state(state) -> TensorGaLoreState:
       "first step), or keep training with 0.2."
     )
   raise ValueError(
-    f"expected a TensorGaLoreState {names} from tensor_galore's init, got {keys!r}; was the "
-    "state made by another transformation?"
+    f"expected a TensorGaLoreState {names} from tensor_galore's init, got a "
+    f"{type(state).__name__} {fields or ''}; was the state made by another transformation?"
   )

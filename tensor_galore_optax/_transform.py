@@ -103,13 +103,13 @@ def _check_arguments(
 
 
 def _default_spec(leaf, rank: Rank) -> TuckerSpec:
-  """Every axis of a tensor; one side of a matrix (the smaller one, as GaLore's reference code).
+  """`TuckerSpec()` (see `resolve_ranks`), but one side of a matrix whatever the rank.
 
-  Projecting both sides of a matrix makes the core at a refresh diagonal up to
-  round-off, and Adam's first step would turn that round-off into full-size
-  steps along every off-diagonal direction. At a fraction of the entries, the
-  smaller side's factor is the smaller one too. A per-mode rank tuple says
-  itself which modes are projected.
+  A float rank already projects one side of a matrix, the smaller (GaLore's
+  reference code's); an int rank would cut both. Projecting both sides makes
+  the core at a refresh diagonal up to round-off, and Adam's first step would
+  turn that round-off into full-size steps along every off-diagonal
+  direction. A per-mode rank tuple says itself which modes are projected.
   """
   one_sided = leaf.ndim == 2 and isinstance(rank, (int, float))
   return TuckerSpec(num_projected=1) if one_sided else TuckerSpec()
