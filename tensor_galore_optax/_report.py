@@ -19,8 +19,9 @@ class LeafPlan(NamedTuple):
     shape: The leaf's shape.
     modes: ``(I_n, R_n)`` per mode, ``R_n`` ``None`` where the mode is not
       projected; ``()`` for a leaf that is not projected at all.
-    state_bytes: Bytes `tensor_galore` keeps for it with Adam: its factors
-      and Adam's two moments (on the core, or on the leaf if not projected).
+    state_bytes: Bytes `tensor_galore_adamw` keeps for it: its factors, Adam's
+      two moments (on the core, or on the leaf if not projected) and the
+      residual's running mean squares (one vector per mode).
     adamw_bytes: Bytes of ``optax.adamw``'s two moments of the leaf.
   """
 
@@ -67,6 +68,7 @@ def projection_plan(
   spec: _transform.SpecLike = None,
   min_size: int = 16_384,
   factor_dtype: jax.typing.DTypeLike | None = None,
+  residual_scale: float | None = 4.0,
 ) -> ProjectionPlan:
   """Which modes of each leaf `tensor_galore` projects, at which ranks, and the bytes it keeps.
 
@@ -80,6 +82,7 @@ def projection_plan(
     spec: Which leaves are projected and how.
     min_size: Smallest leaf projected by default.
     factor_dtype: The factors' precision.
+    residual_scale: The residual's step (``None``: dropped, no state for it).
 
   Returns:
     A `ProjectionPlan`; print it for a table.
@@ -91,10 +94,16 @@ def projection_plan(
     >>> print(projection_plan(params, rank=0.25))
     leaf      shape           modes (size->rank)  state / AdamW
     ['bias']  (64,)           not projected       1.000
-    ['conv']  (3, 3, 64, 64)  3, 3, 64->16, 64    0.264
-    optimizer state 0.08 MB: 0.265x AdamW's 0.30 MB
+    ['conv']  (3, 3, 64, 64)  3, 3, 64->16, 64    0.266
+    optimizer state 0.08 MB: 0.267x AdamW's 0.30 MB
   """
-  tx = _transform.tensor_galore(rank, spec=spec, min_size=min_size, factor_dtype=factor_dtype)
+  tx = _transform.tensor_galore(
+    rank,
+    spec=spec,
+    min_size=min_size,
+    factor_dtype=factor_dtype,
+    residual_scale=residual_scale,
+  )
   state = jax.eval_shape(tx.init, params)
   plans = _transform._plans(params, spec, rank, min_size)
   paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -108,6 +117,7 @@ def projection_plan(
     paths_and_leaves,
     treedef.flatten_up_to(plans),
     treedef.flatten_up_to(state.factors),
+    treedef.flatten_up_to(state.residual_moments),
     moment_bytes,
   )
   leaves = tuple(
@@ -115,10 +125,10 @@ def projection_plan(
       path=jax.tree_util.keystr(path),
       shape=tuple(leaf.shape),
       modes=() if plan is None else tuple(zip(plan.mode_sizes, plan.ranks)),
-      state_bytes=_memory.tree_bytes(factors) + moments,
+      state_bytes=_memory.tree_bytes((factors, residual)) + moments,
       adamw_bytes=2 * _memory.tree_bytes(leaf),
     )
-    for (path, leaf), plan, factors, moments in per_leaf
+    for (path, leaf), plan, factors, residual, moments in per_leaf
   )
   adamw = _memory.optimizer_state_bytes(optax.adamw(1e-3), params)
   # Decay and learning rate, chained after it in `tensor_galore_adamw`, keep no state.

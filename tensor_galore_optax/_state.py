@@ -26,20 +26,26 @@ class TensorGaLoreState(NamedTuple):
       ``()`` for leaves that are not projected.
     base_optimizer_state: The base optimizer's state on the tree of cores
       (projected leaves) and full gradients (the other leaves).
+    residual_moments: One entry per parameter leaf: with ``residual_scale``,
+      a tuple of the running mean squares of the part of the gradient outside
+      the subspace, one vector per mode (``(I_n,)``, the leaf's batch axes in
+      front); ``()`` for the other leaves. ``None`` in a state of 0.3.
   """
 
   count: jax.Array
   factors: optax.Params
   base_optimizer_state: optax.OptState
+  residual_moments: optax.Params = None
 
 
 def as_state(state) -> TensorGaLoreState:
   """``state`` as a `TensorGaLoreState`, or a clear error for anything else.
 
   A state restored without a target (a mapping of field names, a list) is
-  accepted when it has exactly the three fields. A state of the 0.2 releases
-  (five fields) is refused with a message saying so, rather than failing
-  later on a shape deep inside the update.
+  accepted when it has exactly its fields, or the first three (a state of
+  0.3, which had no residual: its ``residual_moments`` are ``None``). A state of the
+  0.2 releases (five fields) is refused with a message saying so, rather than
+  failing later on a shape deep inside the update.
 
   Raises:
     ValueError: For a state of another version or another transformation.
@@ -47,10 +53,10 @@ def as_state(state) -> TensorGaLoreState:
   if isinstance(state, TensorGaLoreState):
     return state
   names = TensorGaLoreState._fields
-  if isinstance(state, Mapping) and set(state) == set(names):
-    return TensorGaLoreState(**{k: state[k] for k in names})
+  if isinstance(state, Mapping) and set(state) in (set(names), set(names[:3])):
+    return TensorGaLoreState(**{k: state[k] for k in names if k in state})
   plain = isinstance(state, (list, tuple)) and not hasattr(state, "_fields")
-  if plain and len(state) == len(names):
+  if plain and len(state) in (3, len(names)):
     return TensorGaLoreState(*state)
   fields = tuple(state) if isinstance(state, Mapping) else getattr(state, "_fields", ())
   if set(fields) & set(_FIELDS_BEFORE_0_3) or (plain and len(state) == 5):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensor_galore_optax import _moments, _refresh, _sharding, _tucker
+from tensor_galore_optax import _moments, _refresh, _residual, _sharding, _tucker
 from tensor_galore_optax._refresh import RefreshMethod
 from tensor_galore_optax._state import TensorGaLoreState, as_state
 from tensor_galore_optax._tucker import Rank, TuckerPlan, TuckerSpec
@@ -262,6 +262,51 @@ def _back_project_leaf(plan: TuckerPlan | None, update, factors, grad, *, scale)
   return (scale * plan.from_tensor(full)).astype(grad.dtype)
 
 
+def _init_residual_moments(plan: TuckerPlan | None, param, *, residual_scale, factor_dtype):
+  if plan is None or residual_scale is None:
+    return ()
+  dtype = _residual.real_dtype(_factor_dtype(param.dtype, factor_dtype))
+  return _residual.init_statistics(plan, dtype)
+
+
+def _add_residual_leaf(
+  plan: TuckerPlan | None, step, grad, core, factors, moments, *, count, residual_scale
+):
+  """``step`` plus the residual's step (see `_residual`), and the residual's new moments.
+
+  Leaves that are not projected, and every leaf without a residual, pass through.
+  """
+  if plan is None or residual_scale is None:
+    return step, moments
+  work = jnp.result_type(step, *factors)
+  term, moments = _residual.residual_step(
+    plan,
+    plan.to_tensor(grad).astype(work),
+    core.astype(work),
+    plan.to_tensor(step).astype(work),
+    factors,
+    moments,
+    count,
+    residual_scale,
+  )
+  return (step + plan.from_tensor(term)).astype(step.dtype), moments
+
+
+def _held_residual_moments(path, plan: TuckerPlan | None, grad, moments, *, residual_scale):
+  """The state's residual moments of one leaf, checked against the plan."""
+  wanted = () if plan is None or residual_scale is None else _residual.shapes(plan)
+  moments = _as_tuple(moments)
+  held = None if moments is None else tuple(m.shape for m in moments)
+  if held != wanted:
+    raise ValueError(
+      f"{_path(path)}: the state's residual moments have shapes {held}, this "
+      f"transformation's have {wanted}: was the state initialised with another "
+      "residual_scale, or by tensor_galore_optax 0.3 (which had none)? Initialise a new "
+      "state with `init`."
+    )
+  return moments
+
+
 def _transport_leaf(plan: TuckerPlan | None, moment, old, new, *, second_order):
   """A core moment expressed in the new factors' basis (``U_new^H U_old`` per mode).
 
@@ -297,6 +342,7 @@ def tensor_galore(
   refresh_method: RefreshMethod = "sthosvd",
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
+  residual_scale: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -311,7 +357,10 @@ def tensor_galore(
   \]
 
   where \(B\) is ``base_optimizer`` (Adam by default), whose state lives at
-  the size of the core \(C\), not of \(G\). Every ``update_proj_gap``
+  the size of the core \(C\), not of \(G\). With
+  ``residual_scale``, the part of the gradient outside the subspace,
+  \(G - C \times_1 U_1 \cdots \times_N U_N\), trains too (see below).
+  Every ``update_proj_gap``
   steps, counting from step 0, the factors are recomputed from the current
   gradient (HOSVD: the leading left singular vectors of each mode-``n``
   unfolding) inside the jitted update, with one `jax.lax.cond` per leaf, so a
@@ -391,6 +440,17 @@ def tensor_galore(
       or its name: float32 or float64 (which needs ``jax_enable_x64``).
       ``None`` uses float32, or float64 for float64 leaves. Complex leaves get
       complex factors of that precision.
+    residual_scale: ``None`` (GaLore's, the paper's) drops the part of each
+      projected gradient outside its subspace: between refreshes only the
+      factors' directions train. A number adds a step along it: each entry
+      divided by the root of a factored running mean square (Adafactor's
+      estimate, one vector per mode: ``sum(shape)`` numbers of state per
+      leaf, no moment of the leaf's size), the whole scaled so that its root
+      mean square is ``residual_scale`` times that of the projected step
+      (per entry of the weight) times the fraction of the gradient outside
+      the subspace (``|G - B(C)| / |G|``, so a gradient the factors hold
+      whole adds nothing), per layer of a stacked leaf. Every entry of every
+      weight then moves at every step. `tensor_galore_adamw` uses 4.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -433,8 +493,14 @@ def tensor_galore(
     cores = _zeros(_map_plans(_core_struct, plans, params))
     _check_base_optimizer(base, cores, jax.eval_shape(base.init, cores), moment_policy)
     base_state = _moments.real_second_moments(base.init, base.update, cores)(cores)
+    init_residual = functools.partial(
+      _init_residual_moments, residual_scale=residual_scale, factor_dtype=factor_dtype
+    )
     return TensorGaLoreState(
-      jnp.zeros([], jnp.int32), _map_plans(init_factors, plans, params), base_state
+      jnp.zeros([], jnp.int32),
+      _map_plans(init_factors, plans, params),
+      base_state,
+      _map_plans(init_residual, plans, params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -460,7 +526,24 @@ def tensor_galore(
     core_updates, base_state = base.update(cores, base_state, None, **extra_args)
     back_project = functools.partial(_back_project_leaf, scale=scale)
     new_updates = _map_plans(back_project, plans, core_updates, factors, updates)
-    return new_updates, TensorGaLoreState(optax.safe_increment(state.count), factors, base_state)
+    held_moments = state.residual_moments
+    if held_moments is None:  # a state of 0.3, which had no residual
+      held_moments = jax.tree.map(lambda _: (), updates)
+    moments = _held_per_leaf(
+      functools.partial(_held_residual_moments, residual_scale=residual_scale),
+      plans,
+      updates,
+      held_moments,
+      "updates do not match the state's residual moments",
+    )
+    add_residual = functools.partial(
+      _add_residual_leaf, count=state.count, residual_scale=residual_scale
+    )
+    pairs = _map_plans(add_residual, plans, new_updates, updates, cores, factors, moments)
+    new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
+    moments = jax.tree.map(lambda _, pair: pair[1], updates, pairs)
+    count = optax.safe_increment(state.count)
+    return new_updates, TensorGaLoreState(count, factors, base_state, moments)
 
   return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
 
@@ -534,6 +617,7 @@ def tensor_galore_adamw(
   moment_policy: MomentPolicy = "keep",
   factor_dtype: jax.typing.DTypeLike | None = None,
   nesterov: bool = False,
+  residual_scale: float | None = 4.0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -542,15 +626,19 @@ def tensor_galore_adamw(
   ```py
   optax.chain(
       tensor_galore(rank, base_optimizer=optax.scale_by_adam(b1, b2, eps,
-                    eps_root, mu_dtype, nesterov=nesterov), ...),
+                    eps_root, mu_dtype, nesterov=nesterov),
+                    residual_scale=4.0, ...),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),
   )
   ```
 
-  Decoupled weight decay acts on the full weights, as in ``optax.adamw``;
-  only Adam's moments are projected. See `tensor_galore` for the projection,
-  the ranks, the refresh and complex parameters.
+  Adam runs on the Tucker cores; the part of each gradient outside the
+  subspace is normalised per entry by a factored second moment (Adafactor's
+  estimate, ``sum(shape)`` numbers per leaf) and added (``residual_scale``),
+  so every entry of every weight moves at every step. Decoupled weight decay
+  acts on the full weights, as in ``optax.adamw``. See `tensor_galore` for the
+  projection, the ranks, the refresh and complex parameters.
 
   Args:
     learning_rate: A fixed learning rate or a schedule.
@@ -574,6 +662,9 @@ def tensor_galore_adamw(
     moment_policy: ``"keep"``, ``"reset"`` or ``"rotate"``; see `tensor_galore`.
     factor_dtype: ``None``, float32 or float64; see `tensor_galore`.
     nesterov: Whether to use Nesterov momentum in Adam.
+    residual_scale: The step of the part of each projected gradient outside
+      its subspace, relative to the projected step's; ``None`` drops it
+      (GaLore, the paper); see `tensor_galore`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -613,6 +704,7 @@ def tensor_galore_adamw(
       refresh_method=refresh_method,
       moment_policy=moment_policy,
       factor_dtype=factor_dtype,
+      residual_scale=residual_scale,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

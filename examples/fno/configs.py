@@ -124,6 +124,13 @@ class Config:
     "keep", "what Adam's moments do at a refresh", choices=MOMENT_POLICIES
   )
   refresh_method: str = _field("sthosvd", "how factors are recomputed", choices=REFRESH_METHODS)
+  residual_scale: float = _field(
+    4.0,
+    "the step of the part of each projected gradient outside its subspace, relative to the "
+    "projected step (root mean square); 0 drops it (GaLore's); unused by adamw",
+    metavar="S",
+    bound="non-negative",
+  )
   projection: str = _field(
     "fewest",
     "which modes tensor_galore_defaults projects: the fewest that keep the rank's fraction "

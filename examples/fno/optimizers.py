@@ -164,6 +164,7 @@ def make_optimizer(
   refresh_method: str = "sthosvd",
   scale: float | str = "matched",
   projection: str = "fewest",
+  residual_scale: float = 4.0,
 ) -> optax.GradientTransformation:
   """One of `OPTIMIZERS`, all AdamW with the same hyper-parameters.
 
@@ -179,6 +180,8 @@ def make_optimizer(
     scale: The projected weights' step (see `tensor_galore`): ``"matched"``
       or a number multiplying the back-projected update; unused by ``adamw``.
     projection: Which modes ``tensor_galore_defaults`` projects (`PROJECTIONS`).
+    residual_scale: The step of the part of each projected gradient outside
+      its subspace (see `tensor_galore_adamw`); 0 drops it; unused by ``adamw``.
 
   Returns:
     The optimizer.
@@ -197,6 +200,7 @@ def make_optimizer(
     moment_policy=moment_policy,
     refresh_method=refresh_method,
     scale=scale,
+    residual_scale=residual_scale or None,
   )
 
 

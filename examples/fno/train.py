@@ -137,6 +137,7 @@ def build_optimizer(
       update_proj_gap=config.update_proj_gap,
       moment_policy=config.moment_policy,
       refresh_method=config.refresh_method,
+      residual_scale=config.residual_scale,
       projection=config.projection,
       scale=config.scale,
     )
