@@ -121,10 +121,12 @@ STUDIES: dict[str, Study] = {
     },
   ),
   "residual": Study(
-    "The input channels with and without the gradient outside the subspace, against AdamW",
+    "The FNO's input channels with and without the gradient outside the subspace, against AdamW",
     tasks=("ns64", "darcy64"),
     rows=(
-      Row("adamw", {"optimizer": "adamw"}),
+      # AdamW's and the input channels' runs without the residual are `main`'s (its AdamW
+      # runs were made with its Tensor-GaLore rank, 0.2, which AdamW does not use).
+      Row("adamw", {"optimizer": "adamw", "tensor_rank": 0.2}),
       Row("tensor_galore_in_channels, no residual", {"optimizer": "tensor_galore_in_channels"}),
       Row(
         "tensor_galore_in_channels, residual 4",

@@ -13,7 +13,7 @@ from tensor_galore_optax._transform import (
 )
 from tensor_galore_optax._tucker import TuckerSpec
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = (
   "MOMENT_POLICIES",

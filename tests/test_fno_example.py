@@ -223,6 +223,7 @@ def test_every_field_is_a_flag_with_the_config_default():
     "--scale",
     "--moment-policy",
     "--refresh-method",
+    "--residual-scale",
     "--projection",
     "--preset",
     "--modes",
