@@ -120,27 +120,6 @@ STUDIES: dict[str, Study] = {
       "residual_scale": 0.0,
     },
   ),
-  "residual": Study(
-    "The FNO's input channels with and without the gradient outside the subspace, against AdamW",
-    tasks=("ns64", "darcy64"),
-    rows=(
-      # AdamW's and the input channels' runs without the residual are `main`'s (its AdamW
-      # runs were made with its Tensor-GaLore rank, 0.2, which AdamW does not use).
-      Row("adamw", {"optimizer": "adamw", "tensor_rank": 0.2}),
-      Row("tensor_galore_in_channels, no residual", {"optimizer": "tensor_galore_in_channels"}),
-      Row(
-        "tensor_galore_in_channels, residual 4",
-        {"optimizer": "tensor_galore_in_channels", "residual_scale": 4.0},
-      ),
-    ),
-    settings={
-      "lr": 2.4e-2,
-      "scale": "matched",
-      "tensor_rank": 0.25,
-      "epochs": 15,
-      "residual_scale": 0.0,
-    },
-  ),
   "lr_sweep": Study(
     "The peak learning rate of AdamW and of Tensor-GaLore with the paper's step (scale 1)",
     tasks=("ns64",),
@@ -205,13 +184,12 @@ STUDIES: dict[str, Study] = {
       )
       for lr in (3e-3, 1e-2)
     )
-    # The library's default since: the gradient outside the subspace trains too.
+    # The library's default for matrices since: the gradient outside the subspace trains too.
     + tuple(
       Row(
-        f"{preset}: tensor_galore_defaults, residual 4, lr {lr:g}",
-        {"preset": preset, "optimizer": "tensor_galore_defaults", "residual_scale": 4.0, "lr": lr},
+        f"mlp: tensor_galore_defaults, residual 4, lr {lr:g}",
+        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "residual_scale": 4.0, "lr": lr},
       )
-      for preset in ("cnn", "mlp")
       for lr in _LAYER_LRS
     ),
     seeds=(0,),
@@ -235,6 +213,12 @@ STUDIES: dict[str, Study] = {
       Row(
         "mlp: tensor_galore_defaults, lr 0.003",
         {"preset": "mlp", "optimizer": "tensor_galore_defaults", "lr": 3e-3},
+      ),
+      # With the gradient outside the subspace (the default for matrices since), at its best
+      # rate in `layers_lr`, AdamW's.
+      Row(
+        "mlp: tensor_galore_defaults, residual 4, lr 0.003",
+        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "residual_scale": 4.0, "lr": 3e-3},
       ),
     ),
     settings=_LAYER_SETTINGS,

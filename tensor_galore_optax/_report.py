@@ -20,8 +20,8 @@ class LeafPlan(NamedTuple):
     modes: ``(I_n, R_n)`` per mode, ``R_n`` ``None`` where the mode is not
       projected; ``()`` for a leaf that is not projected at all.
     state_bytes: Bytes `tensor_galore_adamw` keeps for it: its factors, Adam's
-      two moments (on the core, or on the leaf if not projected) and the
-      residual's running mean squares (one vector per mode).
+      two moments (on the core, or on the leaf if not projected) and, for a
+      projected matrix, the residual's running mean squares (one per side).
     adamw_bytes: Bytes of ``optax.adamw``'s two moments of the leaf.
   """
 
@@ -94,8 +94,8 @@ def projection_plan(
     >>> print(projection_plan(params, rank=0.25))
     leaf      shape           modes (size->rank)  state / AdamW
     ['bias']  (64,)           not projected       1.000
-    ['conv']  (3, 3, 64, 64)  3, 3, 64->16, 64    0.266
-    optimizer state 0.08 MB: 0.267x AdamW's 0.30 MB
+    ['conv']  (3, 3, 64, 64)  3, 3, 64->16, 64    0.264
+    optimizer state 0.08 MB: 0.265x AdamW's 0.30 MB
   """
   tx = _transform.tensor_galore(
     rank,

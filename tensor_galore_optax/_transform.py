@@ -262,8 +262,19 @@ def _back_project_leaf(plan: TuckerPlan | None, update, factors, grad, *, scale)
   return (scale * plan.from_tensor(full)).astype(grad.dtype)
 
 
+def _has_residual(plan: TuckerPlan | None, residual_scale) -> bool:
+  """Whether a leaf's residual trains: projected matrices (two modes), with a ``residual_scale``.
+
+  A dense layer's gradient has at most the batch size for rank at each step,
+  mostly outside any fixed subspace; the gradient of a convolution or FNO
+  kernel, summed over every position, stays close to its factors' subspace,
+  where the residual step measured no better and, on a conv net, less stable.
+  """
+  return plan is not None and residual_scale is not None and len(plan.mode_sizes) == 2
+
+
 def _init_residual_moments(plan: TuckerPlan | None, param, *, residual_scale, factor_dtype):
-  if plan is None or residual_scale is None:
+  if not _has_residual(plan, residual_scale):
     return ()
   dtype = _residual.real_dtype(_factor_dtype(param.dtype, factor_dtype))
   return _residual.init_statistics(plan, dtype)
@@ -274,9 +285,9 @@ def _add_residual_leaf(
 ):
   """``step`` plus the residual's step (see `_residual`), and the residual's new moments.
 
-  Leaves that are not projected, and every leaf without a residual, pass through.
+  Leaves without a residual (`_has_residual`) pass through.
   """
-  if plan is None or residual_scale is None:
+  if not _has_residual(plan, residual_scale):
     return step, moments
   work = jnp.result_type(step, *factors)
   term, moments = _residual.residual_step(
@@ -294,7 +305,7 @@ def _add_residual_leaf(
 
 def _held_residual_moments(path, plan: TuckerPlan | None, grad, moments, *, residual_scale):
   """The state's residual moments of one leaf, checked against the plan."""
-  wanted = () if plan is None or residual_scale is None else _residual.shapes(plan)
+  wanted = _residual.shapes(plan) if _has_residual(plan, residual_scale) else ()
   moments = _as_tuple(moments)
   held = None if moments is None else tuple(m.shape for m in moments)
   if held != wanted:
@@ -440,8 +451,9 @@ def tensor_galore(
       or its name: float32 or float64 (which needs ``jax_enable_x64``).
       ``None`` uses float32, or float64 for float64 leaves. Complex leaves get
       complex factors of that precision.
-    residual_scale: ``None`` (GaLore's, the paper's) drops the part of each
-      projected gradient outside its subspace: between refreshes only the
+    residual_scale: For projected matrices (leaves seen as two modes, per
+      layer if stacked): ``None`` (GaLore's, the paper's) drops the part of
+      each gradient outside its subspace: between refreshes only the
       factors' directions train. A number adds a step along it: each entry
       divided by the root of a factored running mean square (Adafactor's
       estimate, one vector per mode: ``sum(shape)`` numbers of state per
@@ -450,7 +462,10 @@ def tensor_galore(
       (per entry of the weight) times the fraction of the gradient outside
       the subspace (``|G - B(C)| / |G|``, so a gradient the factors hold
       whole adds nothing), per layer of a stacked leaf. Every entry of every
-      weight then moves at every step. `tensor_galore_adamw` uses 4.
+      such matrix then moves at every step. Tensors of three or more modes
+      (convolution, FNO kernels), whose gradients are sums over positions and
+      stay close to their subspace, never take it. `tensor_galore_adamw`
+      uses 4.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -633,10 +648,10 @@ def tensor_galore_adamw(
   )
   ```
 
-  Adam runs on the Tucker cores; the part of each gradient outside the
-  subspace is normalised per entry by a factored second moment (Adafactor's
-  estimate, ``sum(shape)`` numbers per leaf) and added (``residual_scale``),
-  so every entry of every weight moves at every step. Decoupled weight decay
+  Adam runs on the Tucker cores; for projected matrices, the part of each
+  gradient outside the subspace is normalised per entry by a factored second
+  moment (Adafactor's estimate, ``sum(shape)`` numbers per matrix) and added
+  (``residual_scale``), so every entry of a dense layer moves at every step. Decoupled weight decay
   acts on the full weights, as in ``optax.adamw``. See `tensor_galore` for the
   projection, the ranks, the refresh and complex parameters.
 
