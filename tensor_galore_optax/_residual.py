@@ -35,10 +35,6 @@ DECAY = 0.999
 _TINY = 1e-30  # Added to the mean squares, as Adafactor's epsilon: 0/0 stays 0.
 
 
-def real_dtype(dtype):
-  return jnp.finfo(jnp.promote_types(dtype, jnp.float32)).dtype
-
-
 def shapes(plan: TuckerPlan) -> tuple[tuple[int, ...], ...]:
   """The shapes of a leaf's running mean squares: one vector per mode, batch axes in front."""
   return tuple(plan.batch_shape + (size,) for size in plan.mode_sizes)

@@ -276,7 +276,8 @@ def _has_residual(plan: TuckerPlan | None, residual_scale) -> bool:
 def _init_residual_moments(plan: TuckerPlan | None, param, *, residual_scale, factor_dtype):
   if not _has_residual(plan, residual_scale):
     return ()
-  dtype = _residual.real_dtype(_factor_dtype(param.dtype, factor_dtype))
+  # Real, in the factors' precision: the mean squares of complex entries are real.
+  dtype = jnp.finfo(_factor_dtype(param.dtype, factor_dtype)).dtype
   return _residual.init_statistics(plan, dtype)
 
 
@@ -499,6 +500,17 @@ def tensor_galore(
   )
   if isinstance(scale, str) and scale != MATCHED:
     raise ValueError(f"scale must be a number or {MATCHED!r}, got {scale!r}.")
+  # `optax.inject_hyperparams` hands it over as an array: checked only as a Python number.
+  if (
+    residual_scale is not None
+    and not isinstance(residual_scale, jax.Array)
+    and not (
+      isinstance(residual_scale, (int, float))
+      and not isinstance(residual_scale, bool)
+      and 0 < residual_scale < math.inf
+    )
+  ):
+    raise ValueError(f"residual_scale must be None or a positive number, got {residual_scale!r}.")
   base = optax.with_extra_args_support(base_optimizer)
   plans_of = functools.partial(_plans, spec=spec, rank=rank, min_size=min_size)
 

@@ -134,3 +134,9 @@ def test_stacked_layers_get_their_own_statistics_like_separate_leaves():
     for _ in range(3):
       expected, single = one.update({"s": grads[layer]}, single)
     np.testing.assert_allclose(out["s"][layer], expected["s"], rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "4", True])
+def test_a_bad_residual_scale_is_refused_by_name(bad):
+  with pytest.raises(ValueError, match="residual_scale"):
+    tensor_galore(0.25, residual_scale=bad)
