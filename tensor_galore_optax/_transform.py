@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from tensor_galore_optax import _moments, _refresh, _residual, _sharding, _tucker
@@ -270,7 +271,11 @@ def _has_residual(plan: TuckerPlan | None, residual_scale) -> bool:
   kernel, summed over every position, stays close to its factors' subspace,
   where the residual step measured no better and, on a conv net, less stable.
   """
-  return plan is not None and residual_scale is not None and len(plan.mode_sizes) == 2
+  if plan is None or residual_scale is None or len(plan.mode_sizes) != 2:
+    return False
+  # Factors that span their whole mode hold every gradient exactly: the residual
+  # would be round-off, whose normalised step depends on the CPU's kernels.
+  return any(r < i for r, i in zip(plan.ranks, plan.mode_sizes) if r is not None)
 
 
 def _init_residual_moments(plan: TuckerPlan | None, param, *, residual_scale, factor_dtype):
@@ -717,7 +722,11 @@ def tensor_galore_adamw(
   # constants or injected (`optax.inject_hyperparams` traces them): from Python
   # floats, `1 - b2` would be rounded from double precision instead, which
   # moves Adam's step by about 1e-5 relative.
-  b1, b2 = jnp.asarray(b1), jnp.asarray(b2)
+  # NumPy, not JAX, arrays: building the optimizer must not start the XLA
+  # backend (`jax.distributed.initialize` may still have to run).
+  # In JAX's default float dtype, so that `1 - b2` rounds as it does on a JAX array.
+  dtype = jax.dtypes.canonicalize_dtype(np.float64)
+  b1, b2 = np.asarray(b1, dtype), np.asarray(b2, dtype)
   return optax.chain(
     tensor_galore(
       rank,
