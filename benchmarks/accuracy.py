@@ -1,9 +1,9 @@
-"""Accuracy studies: the example's optimizers trained side by side, several seeds each.
+"""Accuracy studies: optimizer variants trained side by side, several seeds each.
 
 A study is a committed definition in `STUDIES`: its tasks, its rows (an
-optimizer of the FNO example with its settings) and its seeds. Every run of a
-study is the example's training with the task's data and model, the study's and
-the row's settings, and one seed; its result (test error per epoch, state
+optimizer variant, `benchmarks.variants`, with its settings) and its seeds.
+Every run of a study is a `benchmarks.train` run with the task's data and
+model, the study's and the row's settings, and one seed; its result (test error per epoch, state
 bytes, the full configuration) is committed data in
 ``benchmarks/results/accuracy/<study>.json``, from which the table
 (``<study>.md`` beside it) and the learning-curve figure
@@ -32,10 +32,9 @@ import sys
 from typing import Any
 
 import tensor_galore_optax
-from benchmarks import common
-from examples.fno import configs, plots
-from examples.fno.tables import markdown_table
-from examples.fno.train import train_and_evaluate
+from benchmarks import common, configs, plots
+from benchmarks.tables import markdown_table
+from benchmarks.train import train_and_evaluate
 
 RESULTS = pathlib.Path("benchmarks/results/accuracy")
 FIGURES = pathlib.Path("docs/assets")
@@ -84,19 +83,23 @@ class Study:
   settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-_SWEEP_LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2)
-_LAYER_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 # Layers other than spectral ones: the library's defaults (no spec) at rank 0.25.
 _LAYER_SETTINGS = {
   "tensor_rank": 0.25,
   "scale": "matched",
   "epochs": 15,
-  "update_proj_gap": 100,
+  "update_proj_gap": 200,
   "projection": "fewest",
-  "moment_policy": "keep",
-  "refresh_method": "sthosvd",
-  "residual_scale": 0.0,
+  "residual_scale": 4.0,
 }
+
+
+def _layer_row(preset: str, name: str, lr: float, label: str = "", **settings) -> Row:
+  return Row(
+    f"{preset}: {name}{label}, lr {lr:g}",
+    {"preset": preset, "optimizer": name, "lr": lr, **settings},
+  )
+
 
 STUDIES: dict[str, Study] = {
   "main": Study(
@@ -117,127 +120,28 @@ STUDIES: dict[str, Study] = {
       "scale": "matched",
       "tensor_rank": 0.2,
       "epochs": 15,
+      "update_proj_gap": 100,
       "residual_scale": 0.0,
     },
-  ),
-  "lr_sweep": Study(
-    "The peak learning rate of AdamW and of Tensor-GaLore with the paper's step (scale 1)",
-    tasks=("ns64",),
-    rows=tuple(
-      Row(f"{name}, lr {lr:g}", {"optimizer": name, "lr": lr})
-      for name in ("adamw", "tensor_galore")
-      for lr in _SWEEP_LRS
-    ),
-    seeds=(0,),
-    settings={"scale": 1.0, "tensor_rank": 0.2, "epochs": 15, "residual_scale": 0.0},
-  ),
-  "layers_lr": Study(
-    "The learning rate of AdamW and Tensor-GaLore's defaults on a conv net and an MLP (seed 0)",
-    tasks=("darcy16",),
-    rows=tuple(
-      Row(f"{preset}: {name}, lr {lr:g}", {"preset": preset, "optimizer": name, "lr": lr})
-      for preset in ("cnn", "mlp")
-      for name in ("adamw", "tensor_galore_defaults")
-      for lr in _LAYER_LRS
-    )
-    # The other candidate default on the conv net: every mode the rank can cut (the paper's).
-    + tuple(
-      Row(
-        f"cnn: tensor_galore_defaults, every mode, lr {lr:g}",
-        {"preset": "cnn", "optimizer": "tensor_galore_defaults", "projection": "all", "lr": lr},
-      )
-      for lr in _LAYER_LRS
-    )
-    # On the MLP: is it the refresh gap (two epochs for the subspace of a 20-sample gradient),
-    # the matched step, the moments kept across a refresh, or the truncation itself?
-    + tuple(
-      Row(
-        f"mlp: tensor_galore_defaults, gap 20, lr {lr:g}",
-        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "update_proj_gap": 20, "lr": lr},
-      )
-      for lr in (3e-3, 1e-2)
-    )
-    + tuple(
-      Row(
-        f"mlp: tensor_galore_defaults, scale 1, lr {lr:g}",
-        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "scale": 1.0, "lr": lr},
-      )
-      for lr in (1e-2, 3e-2)
-    )
-    + tuple(
-      Row(
-        f"mlp: tensor_galore_defaults, moments {policy}, lr 0.003",
-        {
-          "preset": "mlp",
-          "optimizer": "tensor_galore_defaults",
-          "moment_policy": policy,
-          "lr": 3e-3,
-        },
-      )
-      for policy in ("reset", "rotate")
-    )
-    # Or the truncation itself: a rank of half.
-    + tuple(
-      Row(
-        f"mlp: tensor_galore_defaults, rank 0.5, lr {lr:g}",
-        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "tensor_rank": 0.5, "lr": lr},
-      )
-      for lr in (3e-3, 1e-2)
-    )
-    # The library's default for matrices since: the gradient outside the subspace trains too.
-    + tuple(
-      Row(
-        f"mlp: tensor_galore_defaults, residual 4, lr {lr:g}",
-        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "residual_scale": 4.0, "lr": lr},
-      )
-      for lr in _LAYER_LRS
-    ),
-    seeds=(0,),
-    settings=_LAYER_SETTINGS,
   ),
   "layers": Study(
-    "AdamW and Tensor-GaLore's defaults on a conv net and an MLP, each at its best rate",
+    "AdamW, Tensor-GaLore's defaults and Adafactor on a conv net and an MLP (Darcy 16 x 16)",
     tasks=("darcy16",),
     rows=(
-      # The best rate of each in `layers_lr`, whose seed-0 runs these rows share.
-      Row("cnn: adamw, lr 0.01", {"preset": "cnn", "optimizer": "adamw", "lr": 1e-2}),
-      Row(
-        "cnn: tensor_galore_defaults, lr 0.01",
-        {"preset": "cnn", "optimizer": "tensor_galore_defaults", "lr": 1e-2},
-      ),
-      Row(
-        "cnn: tensor_galore_defaults, every mode, lr 0.003",
-        {"preset": "cnn", "optimizer": "tensor_galore_defaults", "projection": "all", "lr": 3e-3},
-      ),
-      Row("mlp: adamw, lr 0.003", {"preset": "mlp", "optimizer": "adamw", "lr": 3e-3}),
-      Row(
-        "mlp: tensor_galore_defaults, lr 0.003",
-        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "lr": 3e-3},
-      ),
-      # With the gradient outside the subspace (the default for matrices since), at its best
-      # rate in `layers_lr`, AdamW's.
-      Row(
-        "mlp: tensor_galore_defaults, residual 4, lr 0.003",
-        {"preset": "mlp", "optimizer": "tensor_galore_defaults", "residual_scale": 4.0, "lr": 3e-3},
-      ),
+      # AdamW's best rate of 1e-3, 3e-3, 1e-2 and 3e-2 on each model, seed 0.
+      _layer_row("cnn", "adamw", 1e-2),
+      _layer_row("cnn", "tensor_galore_defaults", 1e-2),
+      # Adafactor scales its step by the parameters' RMS: AdamW's rate and three times it.
+      _layer_row("cnn", "adafactor", 1e-2),
+      _layer_row("cnn", "adafactor", 3e-2),
+      _layer_row("mlp", "adamw", 3e-3),
+      _layer_row("mlp", "tensor_galore_defaults", 3e-3),
+      # Without the gradient outside the subspace (GaLore's and the paper's update).
+      _layer_row("mlp", "tensor_galore_defaults", 3e-3, ", no residual", residual_scale=0.0),
+      _layer_row("mlp", "adafactor", 3e-3),
+      _layer_row("mlp", "adafactor", 1e-2),
     ),
     settings=_LAYER_SETTINGS,
-  ),
-  "moment_policy": Study(
-    "What Adam's moments do at a refresh: keep, reset or rotate (a refresh every epoch)",
-    tasks=("ns64",),
-    rows=tuple(
-      Row(policy, {"optimizer": "tensor_galore", "moment_policy": policy})
-      for policy in ("keep", "reset", "rotate")
-    ),
-    settings={
-      "lr": 3e-3,
-      "scale": 1.0,
-      "rank": 0.25,
-      "epochs": 6,
-      "update_proj_gap": 50,
-      "residual_scale": 0.0,
-    },
   ),
 }
 
@@ -278,7 +182,6 @@ def _run_config(study: Study, row: Row, task: str, seed: int, args) -> configs.C
     seed=seed,
     out=str(args.runs / args.study / f"{task}_{slug}_{seed}"),
     overwrite=args.overwrite,
-    resume=args.resume,
     progress=False,
   )
 
@@ -445,9 +348,6 @@ def main(argv=None) -> int:
   )
   mode.add_argument(
     "--overwrite", action="store_true", help="train every run again, replacing the study's data"
-  )
-  mode.add_argument(
-    "--resume", action="store_true", help="continue interrupted runs from their checkpoints"
   )
   args = parser.parse_args(argv)
   if args.collect:

@@ -7,20 +7,24 @@ import pathlib
 import platform
 import statistics
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
-from examples.fno import configs, model, optimizers, train
+from benchmarks import baselines, configs, train
+from benchmarks import recipe as recipe_module
+from benchmarks import variants as optimizers
+from examples.fno import model
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
   """A model and the batch it trains on."""
 
-  preset: model.FNOConfig
+  preset: Any
   resolution: int
   batch: int
 
@@ -28,12 +32,15 @@ class BenchConfig:
 _EXAMPLE = configs.Config()
 
 CONFIGS = {
-  # The FNO example's CPU default (NS-64).
+  # The FNO demo's model and batch (NS-64).
   "small": BenchConfig(
     model.PRESETS[_EXAMPLE.preset], resolution=_EXAMPLE.resolution, batch=_EXAMPLE.batch_size
   ),
   # The Tensor-GaLore paper's Navier-Stokes model: spectral weights (64, 64, 64, 33).
   "ns128": BenchConfig(model.PRESETS["ns128"], resolution=128, batch=8),
+  # The conv net and the MLP of the accuracy study `layers` (Darcy 16 x 16).
+  "cnn16": BenchConfig(baselines.PRESETS["cnn"], resolution=16, batch=20),
+  "mlp16": BenchConfig(baselines.PRESETS["mlp"], resolution=16, batch=20),
 }
 
 
@@ -46,7 +53,7 @@ def machine() -> str:
   )
 
 
-# How the FNO trades compute for memory (keyword arguments of `model.FNO`), by name.
+# How the FNO trades compute for memory (keyword arguments of `recipe.RecipeFNO`), by name.
 RECIPES = {
   "none": {},
   # Each block, the lifting and the projection rematerialised, blocks unrolled.
@@ -78,9 +85,11 @@ def build_params(config: BenchConfig, *, recipe: str = "none", seed: int = 0):
     recipe: A key of `RECIPES`.
     seed: The initialisation's seed.
   """
-  net = config.preset.make(
-    1, 1, resolution=(config.resolution,) * 2, rngs=nnx.Rngs(seed), **RECIPES[recipe]
-  )
+  fno = isinstance(config.preset, model.FNOConfig)
+  if not fno and recipe != "none":
+    raise ValueError(f"the memory recipe {recipe!r} applies to the FNO only")
+  kwargs = {"cls": recipe_module.RecipeFNO, **RECIPES[recipe]} if fno else {}
+  net = config.preset.make(1, 1, resolution=(config.resolution,) * 2, rngs=nnx.Rngs(seed), **kwargs)
   return nnx.split(net)
 
 
@@ -91,12 +100,17 @@ def abstract_batch(config: BenchConfig):
 
 
 def make_optimizer(name: str, rank, params, lr=1e-3, **settings):
-  """The example's optimizer ``name`` at Tensor-GaLore rank ``rank``, and its own rank.
+  """The optimizer variant ``name`` at Tensor-GaLore rank ``rank``, and its own rank.
 
   Tensor-GaLore takes ``rank``; GaLore the int rank whose state matches
   Tensor-GaLore's bytes at ``rank`` (`optimizers.build`).
   """
   return optimizers.build(name, lr, params, tensor_rank=rank, **settings)
+
+
+def has_rank(name: str) -> bool:
+  """Whether optimizer variant ``name`` takes a rank (AdamW and Adafactor do not)."""
+  return optimizers.OPTIMIZERS[name].default_rank is not None
 
 
 def rank_text(row: dict) -> str:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from examples.fno.steps import make_train_step
+from benchmarks.steps import make_train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FULL_RECIPE = common.FULL_RECIPE

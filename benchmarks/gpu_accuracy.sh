@@ -21,7 +21,7 @@ start=$(date +%s)
 for task in $tasks; do  # the data sets, once (every process would generate its own otherwise)
   timeout 200 python -c "
 from benchmarks.accuracy import TASKS
-from examples.fno import configs, train
+from benchmarks import configs, train
 config = configs.Config(**{**TASKS['$task'], 'progress': False})
 train.load_data(config)
 " &

@@ -1,4 +1,4 @@
-"""Memory of a real FNO train step: AdamW, matrix GaLore and Tensor-GaLore side by side.
+"""Memory of a real FNO train step: AdamW, Adafactor, matrix GaLore and Tensor-GaLore.
 
 For every memory recipe (`common.RECIPES`: rematerialisation, scanned stacked
 blocks, chunked pointwise MLPs, bfloat16 pointwise layers), optimizer and rank,
@@ -32,9 +32,9 @@ import sys
 import jax
 
 from benchmarks import common
-from examples.fno.steps import make_train_step
-from examples.fno.tables import markdown_table
-from tensor_galore_optax import tree_bytes
+from benchmarks.steps import make_train_step
+from benchmarks.tables import markdown_table
+from benchmarks.train import tree_bytes
 
 RANKS = (0.25, 0.1, 0.05)
 RECIPES = ("none", "remat", "remat+scan", common.FULL_RECIPE, "remat+scan+chunk+bf16")
@@ -65,7 +65,10 @@ def rows_for(
   for recipe in recipes:
     graphdef, params = common.build_params(config, recipe=recipe)
     recipe_ranks = ranks if recipe == "none" else ranks[:1]
-    plan = [("adamw", None)] + [(n, r) for r in recipe_ranks for n in projected]
+    # A variant without a rank (Adafactor) is compiled once.
+    ranked = [n for n in projected if common.has_rank(n)]
+    plan = [("adamw", None)] + [(n, None) for n in projected if n not in ranked]
+    plan += [(n, r) for r in recipe_ranks for n in ranked]
     for name, rank in plan:
       optimizer, used_rank = common.make_optimizer(name, rank or ranks[0], params)
       row = {"config": config_name, "recipe": recipe, "optimizer": name, "rank": rank}
@@ -154,6 +157,11 @@ def main(argv=None) -> int:
   parser.add_argument("--config", choices=sorted(common.CONFIGS), default="small")
   parser.add_argument("--ranks", default=",".join(map(str, RANKS)))
   parser.add_argument(
+    "--optimizers",
+    default="galore,tensor_galore",
+    help="optimizer variants (`benchmarks.variants`) beside adamw, comma-separated",
+  )
+  parser.add_argument(
     "--recipes",
     default=",".join(RECIPES),
     help=f"memory recipes, comma-separated, from {tuple(common.RECIPES)}",
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
   unknown = [r for r in recipes if r not in common.RECIPES]
   if unknown:
     parser.error(f"unknown recipe(s) {unknown}; choose from {tuple(common.RECIPES)}")
-  rows = rows_for(args.config, ranks, recipes)
+  rows = rows_for(args.config, ranks, recipes, tuple(args.optimizers.split(",")))
   tables = (
     markdown_table(rows, COLUMNS)
     + "\n\nXLA's peak of live buffers by category, MiB:\n\n"

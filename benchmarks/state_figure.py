@@ -1,10 +1,10 @@
-"""Draws ``docs/assets/memory.png``: optimizer-state bytes of AdamW and Tensor-GaLore.
+"""Draws ``docs/assets/memory.png``: optimizer-state bytes of AdamW, Adafactor and Tensor-GaLore.
 
 The model is the NS-128 FNO of the Tensor-GaLore paper (four complex spectral
 weights of shape ``(64, 64, 64, 33)``, hidden width 64), built on abstract
 shapes only; every number comes from `tensor_galore_optax.optimizer_state_bytes`,
 which evaluates ``optimizer.init`` with `jax.eval_shape` and allocates nothing.
-As in the paper, only the spectral weights are projected.
+Tensor-GaLore is `tensor_galore_adamw` with its defaults at each rank.
 
 Usage (from the repository root)::
 
@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.train import tree_bytes  # noqa: E402
 from examples.fno.model import PRESETS  # noqa: E402
-from examples.fno.optimizers import every_mode, spectral_spec  # noqa: E402
-from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw, tree_bytes  # noqa: E402
+from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,15 +34,19 @@ def main() -> None:
   _, params = nnx.split(model)
   rows = [("optax.adamw", optimizer_state_bytes(optax.adamw(1e-3), params))]
   for rank in RANKS:
-    tx = tensor_galore_adamw(1e-3, rank, spec=spectral_spec(every_mode(rank)))
+    tx = tensor_galore_adamw(1e-3, rank=rank)
     rows.append((f"Tensor-GaLore\nrank {rank}", optimizer_state_bytes(tx, params)))
+  adafactor = optax.adafactor(1e-3, min_dim_size_to_factor=8)
+  rows.append(("optax.adafactor\n(factored)", optimizer_state_bytes(adafactor, params)))
   mib = [b / 2**20 for _, b in rows]
   for (name, b), m in zip(rows, mib, strict=True):
     print(f"{name.replace(chr(10), ' '):28s} {b:>12,d} bytes  {m:8.1f} MiB  {b / rows[0][1]:.3f}x")
   print(f"{'parameters':28s} {tree_bytes(params):>12,d} bytes")
 
   fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=150)
-  bars = ax.bar([n for n, _ in rows], mib, color=["#888888"] + ["#3f6fb5"] * len(RANKS))
+  bars = ax.bar(
+    [n for n, _ in rows], mib, color=["#888888"] + ["#3f6fb5"] * len(RANKS) + ["#b5813f"]
+  )
   for bar, m in zip(bars, mib, strict=True):
     ax.annotate(
       f"{m:.0f} MiB\n{m / mib[0]:.2f}x",

@@ -22,9 +22,9 @@ import sys
 import jax
 
 from benchmarks import common
+from benchmarks.steps import make_train_step
+from benchmarks.tables import markdown_table
 from examples.fno.model import count_params
-from examples.fno.steps import make_train_step
-from examples.fno.tables import markdown_table
 
 PLANS = (
   ("adamw", "none"),

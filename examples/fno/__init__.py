@@ -1,6 +1,6 @@
-"""A Fourier Neural Operator trained with AdamW, GaLore or Tensor-GaLore.
+"""A Fourier Neural Operator trained with Tensor-GaLore.
 
-``python -m examples.fno`` trains one model (`main`, on the library `train`),
-``python -m examples.fno.compare`` compares the optimizers and
-``python -m examples.fno.data`` generates data sets.
+``python -m examples.fno`` trains one (`train`, the FNO of `model`);
+``python -m examples.fno.data`` generates Navier-Stokes and Darcy data sets
+(`navier_stokes`, `darcy`).
 """

@@ -1,7 +1,5 @@
-"""``python -m examples.fno``: trains a Fourier Neural Operator (see `examples.fno.main`)."""
+"""``python -m examples.fno``: trains a Fourier Neural Operator (see `examples.fno.train`)."""
 
-import sys
+from examples.fno import train
 
-from examples.fno import main
-
-sys.exit(main.main())
+train.main()

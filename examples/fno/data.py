@@ -1,89 +1,53 @@
-"""Training data for the FNO examples: 2-D Navier-Stokes and Darcy flow.
+"""Data sets of the FNO example: generated, cached, saved and loaded.
 
-Both data sets follow the generators of the Fourier Neural Operator paper
-(Li et al., 2021), so that models trained here can be compared with the
-published numbers.
+A data set is four float32 arrays, ``x_train, y_train, x_test, y_test``, each
+``(N, S, S)`` or ``(N, S, S, C)``. Two PDEs are generated as the Fourier Neural
+Operator paper's data (Li et al., 2021), one module each:
+`examples.fno.navier_stokes` (vorticity ``w(0) -> w(t_final)`` on the torus) and
+`examples.fno.darcy` (coefficient ``a`` to solution ``u`` on the unit square).
+Fields are solved at ``solve_resolution`` and strided down to ``resolution``, as
+the FNO data are (solved at 256, resp. 421).
 
-**Navier-Stokes** in vorticity form on the unit torus::
+From the repository root::
 
-  w_t + u . grad w = nu lap w + f,   u = (psi_y, -psi_x),   -lap psi = w,
-  f(x, y) = 0.1 (sin 2 pi (x + y) + cos 2 pi (x + y)),
+  python -m examples.fno.data navier_stokes --n-train 1000 --n-test 200 --resolution 64 --out ns.npz
+  python examples/fno/data.py darcy --n-train 1000 --n-test 200 --resolution 16 --out darcy.npz
+  python -m examples.fno.data check ns.npz
 
-on the grid ``linspace(0, 1, s + 1)[:-1]``. The initial vorticity is a Gaussian
-random field (``alpha = 2.5, tau = 7``). The solver is the FNO generator's
-pseudo-spectral scheme: explicit Euler for the advection term, de-aliased with
-the 2/3 rule, and Crank-Nicolson for the diffusion. A sample is
-``x = w(t = 0)``, ``y = w(t_final)`` (or ``K`` snapshots as channels).
-
-Maintained JAX solvers do not reproduce this set-up: exponax's
-``NavierStokesVorticity`` integrates with ETDRK schemes, and jax-cfd's spectral
-``NavierStokes2D`` with IMEX Runge-Kutta schemes and its own initial fields and
-forcings. Neither ships the FNO random field, forcing or Euler/Crank-Nicolson
-step, whose (first-order) time error is part of the benchmark's data, and the
-whole scheme takes fifty lines of ``jnp.fft``: it is written out here.
-
-**Darcy flow** on the unit square::
-
-  -div(a grad u) = 1,   u = 0 on the boundary,
-
-with ``a`` a thresholded Gaussian random field, ``N(0, (-lap + 9 I)^-2)`` in
-the cosine (Neumann) basis: ``a_high`` (12) where the field is non-negative,
-``a_low`` (3) elsewhere. The equation is solved with a five-point finite
-difference stencil on the nodes ``linspace(0, 1, s)`` (boundary included).
-A sample is ``x = a``, ``y = u``.
-
-Fields are solved at ``solve_resolution`` and strided down to ``resolution``
-in physical space, as the FNO data are (solved at 256, resp. 421).
-
-Run ``python -m examples.fno.data --help`` for the command line; from Python,
-`load_or_generate` caches data sets by their parameters and `load_dataset`
-reads a saved one.
+From Python, `load_or_generate` caches data sets by their parameters and
+`load_dataset` reads a saved one (or the user's own ``.npz``).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
-import math
 import os
 import pathlib
 import sys
 import tempfile
 import time
-import warnings
 import zipfile
-from collections.abc import Callable
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import scipy.fft
-import scipy.sparse
-import scipy.sparse.linalg
 import tqdm
 
+if __package__:
+  from examples.fno import darcy as _darcy
+  from examples.fno import navier_stokes as _navier_stokes
+else:  # run as a script, ``python examples/fno/data.py``: the solvers sit beside it
+  import darcy as _darcy
+  import navier_stokes as _navier_stokes
+
+# The solvers' functions, importable from here as well.
+darcy_coefficient, solve_darcy = _darcy.darcy_coefficient, _darcy.solve_darcy
+gaussian_random_field = _navier_stokes.gaussian_random_field
+navier_stokes, stable_dt = _navier_stokes.navier_stokes, _navier_stokes.stable_dt
+velocity, velocity_bound = _navier_stokes.velocity, _navier_stokes.velocity_bound
+
 PDES = ("navier_stokes", "darcy")
-
-# Navier-Stokes defaults. With nu = 1e-3 the flow is slow (max |u| ~ 0.1): at
-# t = 1 the vorticity has changed by 43% (relative L2), and the linear part of
-# the dynamics (diffusion and forcing) alone predicts y only to 11%: the map
-# x -> y is clearly nonlinear, yet smooth enough to learn.
-NS_VISCOSITY = 1e-3
-NS_T_FINAL = 1.0
-NS_GRF_ALPHA = 2.5
-NS_GRF_TAU = 7.0
-# Time-step bounds (see `stable_dt`). The benchmark's dt = 1e-4 at 256 is far
-# inside them: at the defaults dt = 1e-2 changes y by 6e-4 (relative L2).
-NS_DT_MAX = 1e-2
-NS_CFL = 0.5
-
-DARCY_GRF_ALPHA = 2.0
-DARCY_GRF_TAU = 3.0
-DARCY_A_HIGH = 12.0
-DARCY_A_LOW = 3.0
 
 # Bump when the generated data change, so that stale cache files are not used.
 FORMAT_VERSION = 1
@@ -102,440 +66,6 @@ class Dataset(NamedTuple):
   y_test: np.ndarray
 
 
-# --------------------------------------------------------------------------
-# Navier-Stokes
-# --------------------------------------------------------------------------
-
-
-def torus_grid(n: int, dtype=jnp.float32) -> jax.Array:
-  """Returns the ``n`` grid points ``linspace(0, 1, n + 1)[:-1]`` of the torus."""
-  return jnp.linspace(0.0, 1.0, n + 1, dtype=dtype)[:-1]
-
-
-def benchmark_forcing(n: int, dtype=jnp.float32) -> jax.Array:
-  """Returns the FNO forcing ``0.1 (sin 2 pi (x + y) + cos 2 pi (x + y))``.
-
-  Args:
-    n: Grid size.
-    dtype: Real dtype of the result.
-
-  Returns:
-    ``(n, n)`` array; axis 0 is ``x``, axis 1 is ``y``.
-  """
-  t = torus_grid(n, dtype)
-  phase = 2 * jnp.pi * (t[:, None] + t[None, :])
-  return 0.1 * (jnp.sin(phase) + jnp.cos(phase))
-
-
-def grf_sqrt_eig(
-  n: int, *, alpha: float = NS_GRF_ALPHA, tau: float = NS_GRF_TAU, dtype=jnp.float32
-) -> jax.Array:
-  """Square roots of the periodic random field's eigenvalues, FNO-scaled.
-
-  ``sqrt_eig = n^2 sqrt(2) sigma (4 pi^2 |k|^2 + tau^2)^(-alpha / 2)`` with
-  ``sigma = tau^(alpha - 1)`` (``tau^(0.5 (2 alpha - d))`` for ``d = 2``) and
-  the mean mode set to zero. The ``n^2`` cancels the ``1 / n^2`` of the inverse
-  FFT, so the field's law does not depend on ``n`` (up to the modes ``n``
-  cannot hold).
-
-  Args:
-    n: Grid size (even).
-    alpha: Smoothness exponent.
-    tau: Inverse length scale.
-    dtype: Real dtype of the result.
-
-  Returns:
-    ``(n, n)`` array in FFT order, wavenumbers ``{0..n/2-1, -n/2..-1}``.
-  """
-  k = jnp.fft.fftfreq(n, 1.0 / n).astype(dtype)
-  k2 = k[:, None] ** 2 + k[None, :] ** 2
-  sigma = tau ** (alpha - 1.0)
-  sqrt_eig = n**2 * math.sqrt(2.0) * sigma * (4 * jnp.pi**2 * k2 + tau**2) ** (-alpha / 2)
-  return sqrt_eig.at[0, 0].set(0.0)
-
-
-@jax.jit
-def gaussian_random_field(
-  noise: jax.Array, *, alpha: float = NS_GRF_ALPHA, tau: float = NS_GRF_TAU
-) -> jax.Array:
-  """Colours white noise into the FNO's periodic Gaussian random field.
-
-  As in the benchmark, complex white noise is coloured by `grf_sqrt_eig` and
-  the real part of its inverse FFT is kept. Taking the real part halves the
-  noise's variance, so that ``E |fft2(sample)_k|^2 = sqrt_eig_k^2`` for every
-  ``k != 0``.
-
-  Args:
-    noise: ``(..., 2, n, n)`` independent standard normal samples (real and
-      imaginary parts), ``n`` even; its dtype is the result's.
-    alpha: Smoothness exponent.
-    tau: Inverse length scale.
-
-  Returns:
-    ``(..., n, n)`` zero-mean fields on the torus grid.
-  """
-  n = noise.shape[-1]
-  sqrt_eig = grf_sqrt_eig(n, alpha=alpha, tau=tau, dtype=noise.dtype)
-  return jnp.fft.ifft2(sqrt_eig * jax.lax.complex(noise[..., 0, :, :], noise[..., 1, :, :])).real
-
-
-class _Spectral(NamedTuple):
-  """Real-FFT wavenumbers and operators of the ``n x n`` torus grid."""
-
-  kx: jax.Array  # (n, 1): {0..n/2-1, -n/2..-1}, the FFT axis 0 (x).
-  ky: jax.Array  # (1, n/2+1): {0..n/2}, the real-FFT axis 1 (y).
-  lap: jax.Array  # 4 pi^2 |k|^2, with lap[0, 0] = 1 so that psi = w / lap is defined.
-  dealias: jax.Array  # |kx|, |ky| <= (2/3) (n/2).
-
-
-def _spectral(n: int, dtype) -> _Spectral:
-  """Builds the wavenumber arrays for an ``n x n`` grid in ``dtype``."""
-  # The real FFT stores ky = +n/2 where the benchmark's full FFT has -n/2; only
-  # its square enters L, and its derivative vanishes in both (a real field's
-  # Nyquist derivative is dropped by the inverse FFT).
-  kx = jnp.fft.fftfreq(n, 1.0 / n).astype(dtype)[:, None]
-  ky = jnp.fft.rfftfreq(n, 1.0 / n).astype(dtype)[None, :]
-  lap = (4 * jnp.pi**2 * (kx**2 + ky**2)).at[0, 0].set(1.0)
-  k_cut = (2.0 / 3.0) * (n // 2)
-  dealias = ((jnp.abs(kx) <= k_cut) & (jnp.abs(ky) <= k_cut)).astype(dtype)
-  return _Spectral(kx, ky, lap, dealias)
-
-
-def _velocity_hat(w_hat: jax.Array, ops: _Spectral) -> tuple[jax.Array, jax.Array]:
-  """Returns ``(u_hat, v_hat) = (psi_y, -psi_x)`` with ``psi_hat = w_hat / lap``."""
-  psi_hat = w_hat / ops.lap
-  return 2j * jnp.pi * ops.ky * psi_hat, -2j * jnp.pi * ops.kx * psi_hat
-
-
-def velocity(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Computes the velocity of a vorticity field on the torus.
-
-  Args:
-    w: Vorticity, ``(..., n, n)``.
-
-  Returns:
-    ``(u, v)``, each shaped like ``w``.
-  """
-  n = w.shape[-1]
-  u_hat, v_hat = _velocity_hat(jnp.fft.rfft2(w), _spectral(n, w.dtype))
-  return jnp.fft.irfft2(u_hat, s=(n, n)), jnp.fft.irfft2(v_hat, s=(n, n))
-
-
-@functools.partial(jax.jit, static_argnames=("n_steps", "n_snapshots", "forcing"))
-def navier_stokes(
-  w0: jax.Array,
-  *,
-  viscosity: float,
-  dt: float,
-  n_steps: int,
-  n_snapshots: int = 1,
-  forcing: bool = True,
-) -> jax.Array:
-  """Integrates the FNO benchmark's vorticity equation.
-
-  One step is the benchmark's::
-
-    w_hat <- (-dt F_hat + dt f_hat + (1 - dt nu L / 2) w_hat) / (1 + dt nu L / 2)
-
-  with ``F = u w_x + v w_y`` de-aliased by the 2/3 rule: explicit Euler for
-  advection and forcing, Crank-Nicolson for diffusion. It is linearly stable
-  for ``dt max|u|^2 <= 2 nu`` (see `stable_dt`).
-
-  Args:
-    w0: Initial vorticity, ``(..., n, n)`` with ``n`` even; its dtype (float32
-      or float64) is the computation's.
-    viscosity: ``nu``.
-    dt: Time step.
-    n_steps: Number of steps, a multiple of ``n_snapshots``.
-    n_snapshots: Number of equally spaced snapshots to return; the last one is
-      at ``t = n_steps dt``.
-    forcing: Whether to add the benchmark forcing `benchmark_forcing`.
-
-  Returns:
-    ``(..., n, n, n_snapshots)``: the vorticity at ``t = j n_steps dt /
-    n_snapshots`` for ``j = 1..n_snapshots``.
-
-  Raises:
-    ValueError: If ``n_steps`` is not a multiple of ``n_snapshots``.
-  """
-  if n_steps % n_snapshots:
-    raise ValueError(f"n_steps={n_steps} is not a multiple of n_snapshots={n_snapshots}")
-  n = w0.shape[-1]
-  ops = _spectral(n, w0.dtype)
-  f_hat = jnp.fft.rfft2(benchmark_forcing(n, w0.dtype)) if forcing else 0.0
-  half_diffusion = 0.5 * dt * viscosity * ops.lap
-
-  def step(_, w_hat):
-    u_hat, v_hat = _velocity_hat(w_hat, ops)
-    u, v, w_x, w_y = (
-      jnp.fft.irfft2(a, s=(n, n))
-      for a in (u_hat, v_hat, 2j * jnp.pi * ops.kx * w_hat, 2j * jnp.pi * ops.ky * w_hat)
-    )
-    advection_hat = ops.dealias * jnp.fft.rfft2(u * w_x + v * w_y)
-    explicit = dt * (f_hat - advection_hat) + (1 - half_diffusion) * w_hat
-    return explicit / (1 + half_diffusion)
-
-  def snapshot(w_hat, _):
-    w_hat = jax.lax.fori_loop(0, n_steps // n_snapshots, step, w_hat)
-    return w_hat, jnp.fft.irfft2(w_hat, s=(n, n))
-
-  _, snapshots = jax.lax.scan(snapshot, jnp.fft.rfft2(w0), length=n_snapshots)
-  return jnp.moveaxis(snapshots, 0, -1)
-
-
-@jax.jit
-def velocity_bound(w0: jax.Array, *, viscosity: float, t_final: float) -> jax.Array:
-  """Estimates ``max |u|`` over a run, for choosing the time step.
-
-  The initial fields' largest speed plus that of the linear (Stokes) response
-  to the forcing at ``t_final``, ``f_hat (1 - exp(-nu L t)) / (nu L)``: the
-  forcing is what feeds the flow, and advection only moves speed around. It is
-  an estimate, not a bound; generated data are checked to be finite.
-
-  Args:
-    w0: A batch of initial vorticities, ``(B, n, n)``.
-    viscosity: ``nu``.
-    t_final: End time.
-
-  Returns:
-    The estimated largest speed, a scalar.
-  """
-  n = w0.shape[-1]
-  decay = viscosity * _spectral(n, w0.dtype).lap
-  forced_hat = jnp.fft.rfft2(benchmark_forcing(n, w0.dtype)) * -jnp.expm1(-decay * t_final) / decay
-  return _max_speed(w0) + _max_speed(jnp.fft.irfft2(forced_hat, s=(n, n)))
-
-
-def _max_speed(w: jax.Array) -> jax.Array:
-  """Returns ``max |u|`` over all points (and fields) of the vorticity ``w``."""
-  return jnp.max(jnp.hypot(*velocity(w)))
-
-
-def stable_dt(
-  u_max: float, *, viscosity: float, dx: float, dt_max: float = NS_DT_MAX, cfl: float = NS_CFL
-) -> float:
-  """The largest time step that `navier_stokes` takes safely.
-
-  For a Fourier mode ``k`` advected at speed ``u`` the step multiplies the
-  amplitude by ``((1 - a) - i theta) / (1 + a)``, with ``theta = 2 pi |k| u dt``
-  (Euler) and ``a = 2 pi^2 |k|^2 nu dt`` (Crank-Nicolson). Its modulus is at
-  most 1 iff ``theta^2 <= 4 a``, i.e. ``dt <= 2 nu / u^2`` for every ``k``;
-  half of that is kept as a margin. The advective CFL condition
-  ``dt <= cfl dx / u`` keeps the Euler step accurate, and ``dt_max`` caps the
-  step for slow flows.
-
-  Args:
-    u_max: Largest speed (`velocity_bound`).
-    viscosity: ``nu``.
-    dx: Grid spacing of the solve.
-    dt_max: Upper bound on the step.
-    cfl: Courant number ``dt u_max / dx`` not to exceed.
-
-  Returns:
-    ``min(dt_max, cfl dx / u_max, nu / u_max^2)``.
-  """
-  return min(dt_max, cfl * dx / u_max, viscosity / u_max**2)
-
-
-@functools.partial(jax.jit, static_argnames=("stride", "n_steps", "n_snapshots"))
-def _navier_stokes_batch(noise, viscosity, dt, *, stride, n_steps, n_snapshots):
-  """Colours ``noise`` into initial fields, solves, and strides by ``stride``."""
-  w0 = gaussian_random_field(noise)
-  w = navier_stokes(w0, viscosity=viscosity, dt=dt, n_steps=n_steps, n_snapshots=n_snapshots)
-  y = w[:, ::stride, ::stride]
-  return w0[:, ::stride, ::stride], y[..., 0] if n_snapshots == 1 else y
-
-
-def _noise(entropy: tuple[int, ...], indices, n: int) -> np.ndarray:
-  """Standard normal noise ``(len(indices), 2, n, n)``, sample ``i`` seeded by ``(*entropy, i)``.
-
-  One NumPy generator per sample: a sample does not depend on the batching,
-  and with ``entropy = (seed, split)`` the test split does not depend on
-  ``n_train``. NumPy rather than `jax.random`, whose threefry sampler takes
-  seconds to compile on CPU, longer than small data sets take to solve.
-  """
-  return np.stack(
-    [np.random.default_rng([*entropy, i]).standard_normal((2, n, n), np.float32) for i in indices]
-  )
-
-
-def _generate_navier_stokes(
-  params: dict, *, batch_size: int, bar: tqdm.tqdm, log: Callable[[str], None]
-) -> list:
-  """Generates the Navier-Stokes arrays, in `Dataset` order.
-
-  Args:
-    params: Validated parameters (`parameters`).
-    batch_size: Samples solved at once.
-    bar: Progress bar, advanced by the samples done.
-    log: ``print``-like function for the chosen time step.
-
-  Returns:
-    ``[x_train, y_train, x_test, y_test]``.
-  """
-  solve_resolution, viscosity, t_final, trajectory = (
-    params[k] for k in ("solve_resolution", "viscosity", "t_final", "trajectory")
-  )
-  # A fixed pilot batch, so that dt does not depend on the seed.
-  pilot = gaussian_random_field(_noise((), range(32), solve_resolution))
-  u_max = float(velocity_bound(pilot, viscosity=viscosity, t_final=t_final))
-  dx = 1.0 / solve_resolution
-  dt_bound = stable_dt(u_max, viscosity=viscosity, dx=dx)
-  # Round the step down so that t_final and the snapshots fall on steps (the
-  # tolerance keeps 1.1 / 0.1 = 11.000000000000002 at 11 steps).
-  n_steps = trajectory * math.ceil(t_final / (trajectory * (params["dt"] or dt_bound)) - 1e-9)
-  dt = t_final / n_steps
-  log(
-    f"navier_stokes: dt = {dt:.4g} ({n_steps} steps, CFL number {dt * u_max / dx:.3f} for "
-    f"max|u| ~ {u_max:.3g}; automatic dt: {dt_bound:.4g})"
-  )
-  if dt > 2 * viscosity / u_max**2:
-    warnings.warn(
-      f"dt = {dt:.4g} exceeds the stability bound 2 nu / max|u|^2 = {2 * viscosity / u_max**2:.4g}",
-      RuntimeWarning,
-      stacklevel=3,
-    )
-
-  solve = functools.partial(
-    _navier_stokes_batch,
-    stride=solve_resolution // params["resolution"],
-    n_steps=n_steps,
-    n_snapshots=trajectory,
-  )
-  # One batch shape for every call, so that the solver compiles once.
-  sizes = (params["n_train"], params["n_test"])
-  batch = min(batch_size, max(sizes))
-  arrays = []
-  for split, n in enumerate(sizes):
-    xs, ys = [], []
-    for start in range(0, n, batch):
-      # The last batch repeats the split's last sample up to the batch size.
-      indices = np.minimum(np.arange(start, start + batch), n - 1)
-      x, y = solve(_noise((params["seed"], split), indices, solve_resolution), viscosity, dt)
-      count = min(batch, n - start)
-      xs.append(np.asarray(x[:count]))
-      ys.append(np.asarray(y[:count]))
-      bar.update(count)
-    arrays += [np.concatenate(xs), np.concatenate(ys)]
-  return arrays
-
-
-# --------------------------------------------------------------------------
-# Darcy flow
-# --------------------------------------------------------------------------
-
-
-def darcy_coefficient(
-  rng: np.random.Generator,
-  n: int,
-  *,
-  a_high: float = DARCY_A_HIGH,
-  a_low: float = DARCY_A_LOW,
-  alpha: float = DARCY_GRF_ALPHA,
-  tau: float = DARCY_GRF_TAU,
-) -> np.ndarray:
-  """Samples the FNO's piecewise-constant Darcy coefficient.
-
-  A Gaussian random field ``N(0, (-lap + tau^2 I)^-alpha)`` in the cosine
-  (Neumann) basis, sampled as the FNO's MATLAB ``GRF``: coefficients
-  ``n tau^(alpha - 1) (pi^2 |k|^2 + tau^2)^(-alpha / 2) xi``, ``k in 0..n-1``,
-  zero mean, through an orthonormal inverse DCT; then thresholded at 0.
-
-  Args:
-    rng: NumPy random generator.
-    n: Grid size.
-    a_high: Value where the field is ``>= 0``.
-    a_low: Value where the field is ``< 0``.
-    alpha: Smoothness exponent.
-    tau: Inverse length scale.
-
-  Returns:
-    ``(n, n)`` float64 array of ``a_high`` and ``a_low``.
-  """
-  k = np.arange(n)
-  k2 = k[:, None] ** 2 + k[None, :] ** 2
-  sqrt_eig = n * tau ** (alpha - 1) * (np.pi**2 * k2 + tau**2) ** (-alpha / 2)
-  coeff = sqrt_eig * rng.standard_normal((n, n))
-  coeff[0, 0] = 0.0
-  field = scipy.fft.idctn(coeff, norm="ortho")
-  return np.where(field >= 0, a_high, a_low)
-
-
-def _harmonic_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Elementwise ``2 a b / (a + b)``."""
-  return 2 * a * b / (a + b)
-
-
-def solve_darcy(a: np.ndarray, *, source: float = 1.0) -> np.ndarray:
-  """Solves ``-div(a grad u) = source`` with ``u = 0`` on the unit square's boundary.
-
-  Five-point finite differences on the nodes ``linspace(0, 1, n)``, with the
-  coefficient on each cell face the harmonic mean of its two nodes: that is
-  the face's exact conductance when ``a`` jumps between them, so the flux stays
-  continuous across the 12/3 interfaces (the arithmetic mean over-weights the
-  high value). Second order in ``h`` for smooth ``a``.
-
-  Args:
-    a: ``(n, n)`` positive coefficient at the nodes, ``n >= 3``.
-    source: Constant right-hand side.
-
-  Returns:
-    ``(n, n)`` float64 solution, zero on the boundary nodes.
-  """
-  n = a.shape[0]
-  m = n - 2  # interior nodes per direction
-  h = 1.0 / (n - 1)
-  ax = _harmonic_mean(a[:-1, :], a[1:, :])  # face (i + 1/2, j)
-  ay = _harmonic_mean(a[:, :-1], a[:, 1:])  # face (i, j + 1/2)
-  inner = slice(1, n - 1)
-  diag = ax[:-1, inner] + ax[1:, inner] + ay[inner, :-1] + ay[inner, 1:]
-  # Interior nodes in row-major order: x-neighbours are m apart, y-neighbours
-  # adjacent, except across a row end, where the coupling is zero.
-  x_off = ax[1 : n - 2, inner].ravel()
-  y_off = np.pad(ay[inner, 1 : n - 2], ((0, 0), (0, 1))).ravel()[:-1]
-  shape = (m * m, m * m)
-  # Two sums, as the offsets m and 1 coincide on a 3 x 3 grid.
-  matrix = scipy.sparse.diags_array(
-    [diag.ravel(), -x_off, -x_off], offsets=[0, m, -m], shape=shape
-  ) + scipy.sparse.diags_array([-y_off, -y_off], offsets=[1, -1], shape=shape)
-  rhs = np.full(m * m, source * h**2)
-  u = np.zeros((n, n))
-  u[inner, inner] = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs).reshape(m, m)
-  return u
-
-
-def _generate_darcy(params: dict, *, bar: tqdm.tqdm) -> list:
-  """Generates the Darcy arrays, in `Dataset` order.
-
-  Args:
-    params: Validated parameters (`parameters`).
-    bar: Progress bar, advanced by the samples done.
-
-  Returns:
-    ``[x_train, y_train, x_test, y_test]``.
-  """
-  s, s_solve = params["resolution"], params["solve_resolution"]
-  stride = (s_solve - 1) // (s - 1)
-  arrays = []
-  for split, n in enumerate((params["n_train"], params["n_test"])):
-    x = np.empty((n, s, s), np.float32)
-    y = np.empty_like(x)
-    for i in range(n):
-      # One generator per sample, as for Navier-Stokes (`_noise`).
-      rng = np.random.default_rng([params["seed"], split, i])
-      a = darcy_coefficient(rng, s_solve, a_high=params["a_high"], a_low=params["a_low"])
-      x[i] = a[::stride, ::stride]
-      y[i] = solve_darcy(a)[::stride, ::stride]
-      bar.update(1)
-    arrays += [x, y]
-  return arrays
-
-
-# --------------------------------------------------------------------------
-# Generation, files and cache
-# --------------------------------------------------------------------------
-
-
 def parameters(
   pde: str,
   *,
@@ -543,12 +73,12 @@ def parameters(
   n_test: int,
   resolution: int,
   solve_resolution: int | None = None,
-  viscosity: float = NS_VISCOSITY,
-  t_final: float = NS_T_FINAL,
+  viscosity: float = _navier_stokes.NS_VISCOSITY,
+  t_final: float = _navier_stokes.NS_T_FINAL,
   dt: float | None = None,
   trajectory: int = 1,
-  a_high: float = DARCY_A_HIGH,
-  a_low: float = DARCY_A_LOW,
+  a_high: float = _darcy.DARCY_A_HIGH,
+  a_low: float = _darcy.DARCY_A_LOW,
   seed: int = 0,
 ) -> dict:
   """Validates the parameters that determine a data set, and normalises them.
@@ -564,8 +94,9 @@ def parameters(
       ``resolution - 1``.
     viscosity: Navier-Stokes ``nu``.
     t_final: Navier-Stokes time of ``y``.
-    dt: Navier-Stokes time step; by default `stable_dt` of `velocity_bound`.
-      Either way it is rounded down to divide ``t_final`` into whole steps.
+    dt: Navier-Stokes time step; by default `navier_stokes.stable_dt` of
+      `navier_stokes.velocity_bound`. Either way it is rounded down to divide
+      ``t_final`` into whole steps.
     trajectory: Navier-Stokes: store ``y`` as this many equally spaced
       snapshots up to ``t_final``, as channels ``(N, S, S, K)``; 1 stores
       ``(N, S, S)``.
@@ -659,9 +190,9 @@ def generate(pde: str, *, batch_size: int = 32, verbose: bool = True, **params) 
     total=sum(sizes), unit="sample", desc=pde, disable=None if verbose else True
   ) as bar:
     if pde == "navier_stokes":
-      arrays = _generate_navier_stokes(params, batch_size=batch_size, bar=bar, log=log)
+      arrays = _navier_stokes.generate(params, batch_size=batch_size, bar=bar, log=log)
     else:
-      arrays = _generate_darcy(params, bar=bar)
+      arrays = _darcy.generate(params, bar=bar)
   elapsed = time.perf_counter() - start
   for key, array in zip(_KEYS, arrays, strict=True):
     if not np.isfinite(array).all():
@@ -905,17 +436,17 @@ def _parser() -> argparse.ArgumentParser:
 
   default = " (default: %(default)s)"
   ns = commands.add_parser("navier_stokes", parents=[common], help="2-D Navier-Stokes")
-  ns.add_argument("--viscosity", type=float, default=NS_VISCOSITY, help="nu" + default)
-  ns.add_argument("--t-final", type=float, default=NS_T_FINAL, help="time of y" + default)
+  nu, t_final = _navier_stokes.NS_VISCOSITY, _navier_stokes.NS_T_FINAL
+  ns.add_argument("--viscosity", type=float, default=nu, help="nu" + default)
+  ns.add_argument("--t-final", type=float, default=t_final, help="time of y" + default)
   ns.add_argument("--dt", type=float, help="time step (default: from the stability bounds)")
   ns.add_argument("--trajectory", type=int, default=1, metavar="K", help="store K snapshots")
   ns.add_argument("--batch-size", type=int, default=32, help="samples solved at once" + default)
 
   darcy = commands.add_parser("darcy", parents=[common], help="2-D Darcy flow")
-  darcy.add_argument(
-    "--a-high", type=float, default=DARCY_A_HIGH, help="a where the field is >= 0" + default
-  )
-  darcy.add_argument("--a-low", type=float, default=DARCY_A_LOW, help="a elsewhere" + default)
+  high, low = _darcy.DARCY_A_HIGH, _darcy.DARCY_A_LOW
+  darcy.add_argument("--a-high", type=float, default=high, help="a where the field >= 0" + default)
+  darcy.add_argument("--a-low", type=float, default=low, help="a elsewhere" + default)
 
   check = commands.add_parser("check", help="validate a data file and print its shapes")
   check.add_argument("file", type=pathlib.Path)

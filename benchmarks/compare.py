@@ -2,14 +2,14 @@
 
 Run from the repository root::
 
-  python -m examples.fno.compare --ranks 0.25 --out runs/compare
+  python -m benchmarks.compare --ranks 0.25 --out runs/compare
 
 AdamW trains once; at each rank, every other optimizer of the example
 (`optimizers.OPTIMIZERS`): Tensor-GaLore (every mode), the input channels only
 (the recommended setting), the library's defaults, and matrix GaLore
 (``optax.contrib.galore``'s side, at the int rank whose optimizer state is
 closest in bytes to Tensor-GaLore's at that rank). FNO presets only. Every
-other flag is ``python -m examples.fno``'s and applies to all runs. Each run
+other flag is ``python -m benchmarks.train``'s and applies to all runs. Each run
 writes its own directory under ``--out``; the driver adds ``compare.md`` and
 ``compare.json`` (one row per run) and ``compare.png`` (test error against
 optimizer memory).
@@ -23,8 +23,9 @@ import json
 import pathlib
 import sys
 
-from examples.fno import configs, optimizers, plots, train
-from examples.fno.tables import cell, markdown_table
+from benchmarks import configs, plots, train
+from benchmarks import variants as optimizers
+from benchmarks.tables import cell, markdown_table
 
 COLUMNS = (
   ("optimizer", cell("optimizer")),
@@ -98,9 +99,9 @@ def parse_ranks(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs the comparison; exits and fails as `examples.fno.main.main` does."""
+  """Runs the comparison; exits and fails as `benchmarks.train.main` does."""
   parser = argparse.ArgumentParser(
-    prog="python -m examples.fno.compare", description=__doc__.split("\n\n")[0]
+    prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0]
   )
   parser.add_argument(
     "--ranks",
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     default=[0.25],
     help="Tensor-GaLore ranks, comma-separated (default: 0.25)",
   )
-  configs.add_arguments(parser, skip=("optimizer", "rank", "tensor_rank", "resume"))
+  configs.add_arguments(parser, skip=("optimizer", "rank", "tensor_rank"))
   parser.set_defaults(out="runs/compare")
   args = parser.parse_args(argv)
   config = configs.from_args(args)

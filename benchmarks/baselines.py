@@ -9,8 +9,8 @@
   ``(H * W * in, width)``, ``(width, width)`` and ``(width, H * W * out)``.
 
 Both take and return ``(B, H, W, C)`` fields like `model.FNO`, and their
-configurations have its ``make`` signature, so the example trains them with
-``--preset cnn`` or ``--preset mlp`` and every optimizer. They hold only
+configurations have its ``make`` signature, so the harness (`benchmarks.train`)
+trains them with ``--preset cnn`` or ``--preset mlp`` and every optimizer. They hold only
 ``nnx.Param`` variables.
 """
 
@@ -119,4 +119,4 @@ class MLPConfig:
 
 
 PRESETS = {"cnn": ConvNetConfig(), "mlp": MLPConfig()}
-"""The example's presets of these models, beside the FNO's (`model.PRESETS`)."""
+"""The presets of these models, beside the FNO's (`model.PRESETS`)."""

@@ -1,4 +1,4 @@
-"""Figures of the FNO example: loss curves, sample predictions, optimizer comparison.
+"""Figures of the benchmarks: loss curves, sample predictions, optimizer comparison.
 
 Every function writes one PNG with matplotlib's non-interactive Agg backend,
 so the figures are made on machines without a display.

@@ -1,4 +1,4 @@
-"""The optimizers the FNO example compares, by name.
+"""The optimizer variants the FNO benchmarks compare, by name.
 
 All are AdamW with the same hyper-parameters; they differ only in where Adam's
 moments live for the spectral weights (complex ``(in, out, mx, my)`` tensors).
@@ -6,19 +6,23 @@ As in the Tensor-GaLore paper, only the spectral weights are projected (but
 by ``tensor_galore_defaults``); every other leaf keeps full-size Adam moments.
 
 * ``adamw``: ``optax.adamw``, full-size moments everywhere.
+* ``adafactor``: the memory peer, ``optax.adafactor(lr,
+  min_dim_size_to_factor=8)``: a factored second moment and no first moment
+  (it factors the small FNO's 16 x 9 modes too; its defaults factor nothing
+  below 128 per dimension). No weight decay.
 * ``galore``: matrix GaLore as ``optax.contrib.galore`` orients it: each
   spectral weight seen as an ``(in, out * mx * my)`` matrix, its larger side
   projected (the smaller state for a given rank). Its default rank is the int
   rank whose state matches ``tensor_galore``'s bytes.
 * ``tensor_galore``: Tensor-GaLore as in the paper: every mode of each
   spectral weight projected (Tucker).
-* ``tensor_galore_in_channels`` (the recommended setting): only the input
+* ``tensor_galore_in_channels``: only the input
   channels projected; every output channel and every frequency keeps its own
   coordinates, so Adam normalises each of them as it does at full size. This is
   also matrix GaLore as GaLore's reference code orients it: the smaller side of
   the ``(in, out * mx * my)`` matrix projected.
-* ``tensor_galore_defaults``: `tensor_galore_adamw` with no spec: the
-  library's defaults on every leaf large enough, whatever the model (the only
+* ``tensor_galore_defaults`` (the harness's default): `tensor_galore_adamw`
+  with no spec: the library's defaults on every leaf large enough, whatever the model (the only
   projected variant for ``--preset cnn`` and ``mlp``, which have no spectral
   weights). On the small and darcy FNO presets it projects what
   ``tensor_galore_in_channels`` does (on ns128 also a projection MLP's kernel,
@@ -91,7 +95,7 @@ def spectral_spec(spec: TuckerSpec):
 
 
 class Variant(NamedTuple):
-  """A named optimizer of the example.
+  """A named optimizer variant.
 
   Attributes:
     spec_of: ``spec_of(rank)`` is the `TuckerSpec` of each spectral weight;
@@ -112,14 +116,15 @@ DEFAULTS: SpecOf = lambda rank: None
 
 OPTIMIZERS: dict[str, Variant] = {
   "adamw": Variant(None, default_rank=None),
+  "adafactor": Variant(None, default_rank=None),
   "galore": Variant(larger_side, default_rank="matched"),
   "tensor_galore": Variant(every_mode),
   "tensor_galore_in_channels": Variant(input_channels),
   "tensor_galore_defaults": Variant(DEFAULTS),
 }
 
-RECOMMENDED = "tensor_galore_in_channels"
-"""The example's default: the setting that trained as well as AdamW on both PDE tasks."""
+DEFAULT = "tensor_galore_defaults"
+"""The harness's default: the library's own choice, `tensor_galore_adamw` with no spec."""
 
 
 PROJECTIONS = ("fewest", "all")
@@ -160,8 +165,6 @@ def make_optimizer(
   rank: float | int | None,
   weight_decay: float = 1e-4,
   update_proj_gap: int = 200,
-  moment_policy: str = "keep",
-  refresh_method: str = "sthosvd",
   scale: float | str = "matched",
   projection: str = "fewest",
   residual_scale: float = 4.0,
@@ -175,8 +178,6 @@ def make_optimizer(
       int; unused by ``adamw``.
     weight_decay: Decoupled weight decay (applied in the full space).
     update_proj_gap: Steps between factor refreshes.
-    moment_policy: What Adam's moments do at a refresh (see `tensor_galore`).
-    refresh_method: How factors are recomputed (see `tensor_galore`).
     scale: The projected weights' step (see `tensor_galore`): ``"matched"``
       or a number multiplying the back-projected update; unused by ``adamw``.
     projection: Which modes ``tensor_galore_defaults`` projects (`PROJECTIONS`).
@@ -189,16 +190,16 @@ def make_optimizer(
   Raises:
     ValueError: For an unknown name, or settings the optimizer rejects.
   """
+  if name == "adafactor":
+    return optax.adafactor(learning_rate, min_dim_size_to_factor=8)
   if _variant(name).spec_of is None:
     return optax.adamw(learning_rate, weight_decay=weight_decay)
   return tensor_galore_adamw(
     learning_rate,
-    rank,
+    rank=rank,
     spec=spec(name, rank, projection),
     weight_decay=weight_decay,
     update_proj_gap=update_proj_gap,
-    moment_policy=moment_policy,
-    refresh_method=refresh_method,
     scale=scale,
     residual_scale=residual_scale or None,
   )

@@ -1,4 +1,4 @@
-"""Markdown tables of results, for the comparison driver and the benchmarks."""
+"""Markdown tables of the benchmarks' results."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The train and evaluation steps of the FNO example: pure functions, ready to jit.
+"""The train and evaluation steps of the benchmarks: pure functions, ready to jit.
 
-The training loop (`examples.fno.train`) and the benchmarks share these steps,
-so that what the benchmarks measure is what the example trains.
+The training harness (`benchmarks.train`) and the memory and speed benchmarks
+share these steps, so that what the benchmarks measure is what the harness trains.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from examples.fno import losses, model
+from benchmarks import losses
 
 
 class Normalizer(NamedTuple):
@@ -50,8 +50,8 @@ def predict(
     Predictions, ``(B, H, W, C_out)``.
   """
   if norm is None:
-    return model.apply(graphdef, params, x)
-  out = model.apply(graphdef, params, (x - norm.x_mean) / norm.x_std)
+    return nnx.merge(graphdef, params)(x)
+  out = nnx.merge(graphdef, params)((x - norm.x_mean) / norm.x_std)
   return out * norm.y_std + norm.y_mean
 
 
