@@ -1,0 +1,5 @@
+import sys
+
+from examples.scaling.train import main
+
+sys.exit(main())
