@@ -3,8 +3,8 @@
 A base optimizer's state holds, somewhere, trees with the structure of what it
 optimises (Adam's ``mu`` and ``nu``, amsgrad's ``nu_max``, momentum's
 ``trace``, the inner states of ``optax.partition`` ...). For `tensor_galore`
-those trees are core-shaped; they are what a refresh may rotate and what a
-state initialised for other parameters would get wrong. They are found by
+those trees are core-shaped: a state initialised for other parameters gets
+their shapes wrong, and complex cores' second moments can be stored real. They are found by
 structure, not by name, so states nested in dicts or chains are found too;
 only the name decides the order of a moment (first or second).
 """

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from tensor_galore_optax import _memory, _moments, _transform
+from tensor_galore_optax import _memory, _moments, _plan, _transform
 from tensor_galore_optax._tucker import Rank
 
 
@@ -17,6 +17,8 @@ class LeafPlan(NamedTuple):
   Attributes:
     path: The leaf's path in the params tree (``jax.tree_util.keystr``).
     shape: The leaf's shape.
+    layers: The sizes of its batch axes (stacked layers, each projected on
+      its own); ``()`` for none.
     modes: ``(I_n, R_n)`` per mode, ``R_n`` ``None`` where the mode is not
       projected; ``()`` for a leaf that is not projected at all.
     state_bytes: Bytes `tensor_galore_adamw` keeps for it: its factors, Adam's
@@ -27,6 +29,7 @@ class LeafPlan(NamedTuple):
 
   path: str
   shape: tuple[int, ...]
+  layers: tuple[int, ...]
   modes: tuple[tuple[int, int | None], ...]
   state_bytes: int
   adamw_bytes: int
@@ -49,6 +52,8 @@ class ProjectionPlan(NamedTuple):
     rows = [("leaf", "shape", "modes (size->rank)", "state / AdamW")]
     for leaf in self.leaves:
       modes = ", ".join(f"{i}->{r}" if r else f"{i}" for i, r in leaf.modes) or "not projected"
+      if leaf.layers and leaf.modes:
+        modes = f"{' x '.join(map(str, leaf.layers))} x [{modes}]"
       ratio = leaf.state_bytes / leaf.adamw_bytes if leaf.adamw_bytes else 1.0
       rows.append((leaf.path, str(leaf.shape), modes, f"{ratio:.3f}"))
     widths = [max(len(row[k]) for row in rows) for k in range(4)]
@@ -63,29 +68,28 @@ class ProjectionPlan(NamedTuple):
 
 def projection_plan(
   params: optax.Params,
-  rank: Rank = 0.25,
   *,
-  spec: _transform.SpecLike = None,
-  min_size: int = 16_384,
-  factor_dtype: jax.typing.DTypeLike | None = None,
-  residual_scale: float | None = 4.0,
+  rank: Rank = _plan.RANK,
+  spec: _plan.SpecLike = None,
+  min_size: int = _plan.MIN_SIZE,
+  residual_scale: float | None = _plan.RESIDUAL_SCALE,
 ) -> ProjectionPlan:
   """Which modes of each leaf `tensor_galore` projects, at which ranks, and the bytes it keeps.
 
   Shapes only: nothing is allocated. The arguments mean what they mean for
-  `tensor_galore` (and `tensor_galore_adamw`); the bytes are those of Adam's
-  moments, as `tensor_galore_adamw` keeps them.
+  `tensor_galore` and `tensor_galore_adamw`, with the same defaults; the bytes
+  are those of the state these keep with Adam on the cores.
 
   Args:
     params: The parameters (arrays or ``jax.ShapeDtypeStruct`` leaves).
     rank: The projection rank.
     spec: Which leaves are projected and how.
     min_size: Smallest leaf projected by default.
-    factor_dtype: The factors' precision.
     residual_scale: The residual's step (``None``: dropped, no state for it).
 
   Returns:
-    A `ProjectionPlan`; print it for a table.
+    A `ProjectionPlan`; print it for a table. A stacked leaf's layers show as
+    ``L x [modes]``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -98,38 +102,36 @@ def projection_plan(
     optimizer state 0.08 MB: 0.265x AdamW's 0.30 MB
   """
   tx = _transform.tensor_galore(
-    rank,
-    spec=spec,
-    min_size=min_size,
-    factor_dtype=factor_dtype,
-    residual_scale=residual_scale,
+    rank=rank, spec=spec, min_size=min_size, residual_scale=residual_scale
   )
   state = jax.eval_shape(tx.init, params)
-  plans = _transform._plans(params, spec, rank, min_size)
-  paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-  cores_like = _transform._map_plans(_transform._core_struct, plans, params)
+  tree, _ = _plan.plan_tree(params, rank=rank, spec=spec, min_size=min_size)
+  leaves = tree.per_leaf(params, "params")
+  cores_like = tree.unflatten([_plan.core_struct(p, leaf) for p, leaf in zip(tree.plans, leaves)])
   # Adam's moments, found by structure (`_moments`), summed per leaf.
-  moment_bytes = [0] * len(paths_and_leaves)
+  moment_bytes = [0] * len(leaves)
   for _, moments in _moments.find_moments(state.base_optimizer_state, cores_like):
-    for k, moment in enumerate(treedef.flatten_up_to(moments)):
+    for k, moment in enumerate(tree.per_leaf(moments, "moments")):
       moment_bytes[k] += _memory.tree_bytes(moment)
   per_leaf = zip(
-    paths_and_leaves,
-    treedef.flatten_up_to(plans),
-    treedef.flatten_up_to(state.factors),
-    treedef.flatten_up_to(state.residual_moments),
+    tree.paths,
+    leaves,
+    tree.plans,
+    tree.per_leaf(state.factors, "factors"),
+    tree.per_leaf(state.residual_moments, "residual moments"),
     moment_bytes,
   )
-  leaves = tuple(
+  report = tuple(
     LeafPlan(
-      path=jax.tree_util.keystr(path),
+      path=path.removeprefix("leaf "),
       shape=tuple(leaf.shape),
+      layers=() if plan is None else plan.batch_shape,
       modes=() if plan is None else tuple(zip(plan.mode_sizes, plan.ranks)),
       state_bytes=_memory.tree_bytes((factors, residual)) + moments,
       adamw_bytes=2 * _memory.tree_bytes(leaf),
     )
-    for (path, leaf), plan, factors, residual, moments in per_leaf
+    for path, leaf, plan, factors, residual, moments in per_leaf
   )
   adamw = _memory.optimizer_state_bytes(optax.adamw(1e-3), params)
   # Decay and learning rate, chained after it in `tensor_galore_adamw`, keep no state.
-  return ProjectionPlan(leaves, _memory.tree_bytes(state), adamw)
+  return ProjectionPlan(report, _memory.tree_bytes(state), adamw)

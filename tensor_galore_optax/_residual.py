@@ -35,14 +35,35 @@ DECAY = 0.999
 _TINY = 1e-30  # Added to the mean squares, as Adafactor's epsilon: 0/0 stays 0.
 
 
-def shapes(plan: TuckerPlan) -> tuple[tuple[int, ...], ...]:
-  """The shapes of a leaf's running mean squares: one vector per mode, batch axes in front."""
+def applies(plan: TuckerPlan | None, residual_scale) -> bool:
+  """Whether a leaf's residual trains: projected matrices (two modes) with a ``residual_scale``.
+
+  A dense layer's gradient has at most the batch size for rank at each step,
+  mostly outside any fixed subspace; the gradient of a convolution or FNO
+  kernel, summed over every position, stays close to its factors' subspace,
+  where the residual step measured no better and, on a conv net, less stable.
+  Factors that span their whole mode hold every gradient exactly: there the
+  residual would be round-off, whose normalised step depends on the CPU's
+  kernels, so such a leaf has none.
+  """
+  if plan is None or residual_scale is None or len(plan.mode_sizes) != 2:
+    return False
+  return any(r < i for r, i in zip(plan.ranks, plan.mode_sizes) if r is not None)
+
+
+def shapes(plan: TuckerPlan | None, residual_scale) -> tuple[tuple[int, ...], ...]:
+  """The shapes of a leaf's running mean squares: one vector per mode, batch axes in front.
+
+  ``()`` for a leaf without a residual (`applies`).
+  """
+  if not applies(plan, residual_scale):
+    return ()
   return tuple(plan.batch_shape + (size,) for size in plan.mode_sizes)
 
 
-def init_statistics(plan: TuckerPlan, dtype) -> tuple[jax.Array, ...]:
-  """Zero running mean squares, of `shapes`."""
-  return tuple(jnp.zeros(shape, dtype) for shape in shapes(plan))
+def init_statistics(plan: TuckerPlan | None, residual_scale, dtype) -> tuple[jax.Array, ...]:
+  """Zero running mean squares, of `shapes` (real: mean squares of complex entries are)."""
+  return tuple(jnp.zeros(shape, jnp.finfo(dtype).dtype) for shape in shapes(plan, residual_scale))
 
 
 def _marginals(square: jax.Array) -> tuple[jax.Array, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import warnings
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -42,9 +42,14 @@ class TuckerSpec:
   ``TuckerSpec(rank=(r, None, None, None))``. ``optax.contrib.galore``
   projects the larger side: ``TuckerSpec(modes=(0, (1, 2, 3)), rank=(None, r))``.
 
-  Stacked layers (a scanned model's ``(L, in, out, mx, my)`` weight) name
-  their layer axis in ``batch_axes``: each layer then gets its own factors
-  and its own core, exactly as ``L`` separate leaves would.
+  Stacked layers (a scanned model's ``(L, in, out, mx, my)`` weight) have their
+  layer axis as a batch axis: each layer then gets its own factors and its own
+  core, exactly as ``L`` separate leaves would. By default (``batch_axes=None``)
+  the leading axis of a leaf of three or more axes is taken for a layer axis
+  when it is shorter than every other axis (``(4, 32, 32, 16, 9)``,
+  ``(12, 768, 3072)``; not a ``(3, 3, in, out)`` convolution kernel); name it
+  with ``batch_axes=0`` where that rule does not see it (a stack of more layers
+  than the weight's shortest axis), or ``batch_axes=()`` for none.
 
   Attributes:
     modes: Groups of axes, one group (an int or a sequence of ints) per mode,
@@ -62,7 +67,9 @@ class TuckerSpec:
       that many modes, in that order. A mode that a scalar rank cannot cut
       is never projected.
     batch_axes: Axes that index independent tensors (stacked layers): the
-      projection is computed separately for every index along them.
+      projection is computed separately for every index along them. ``None``
+      (the default): the leading axis when it is a layer axis by the rule
+      above, and only with ``modes=None`` and a scalar rank; ``()`` for none.
 
   Raises:
     TypeError, ValueError: at construction, for a field of the wrong form
@@ -72,7 +79,7 @@ class TuckerSpec:
   modes: Sequence[int | Sequence[int]] | None = None
   rank: Rank | None = None
   num_projected: NumProjected = None
-  batch_axes: Sequence[int] = ()
+  batch_axes: int | Sequence[int] | None = None
 
   def __post_init__(self):
     if self.modes is not None:
@@ -83,29 +90,34 @@ class TuckerSpec:
       groups = tuple(_axis_group(g, "TuckerSpec.modes") for g in self.modes)
       object.__setattr__(self, "modes", groups)
     if self.rank is not None:
-      validate_rank(self.rank, "TuckerSpec.rank")
-      if not isinstance(self.rank, (int, float)):
-        object.__setattr__(self, "rank", tuple(self.rank))
+      object.__setattr__(self, "rank", canonical_rank(self.rank, "TuckerSpec.rank"))
     _check_num_projected(self.num_projected, "TuckerSpec")
-    if isinstance(self.batch_axes, int):
-      object.__setattr__(self, "batch_axes", (self.batch_axes,))
-    object.__setattr__(
-      self, "batch_axes", _axis_group(self.batch_axes, "TuckerSpec.batch_axes", empty_ok=True)
-    )
+    if self.batch_axes is not None:
+      batch_axes = self.batch_axes
+      if isinstance(batch_axes, numbers.Integral) and not isinstance(batch_axes, bool):
+        batch_axes = (batch_axes,)
+      object.__setattr__(
+        self, "batch_axes", _axis_group(batch_axes, "TuckerSpec.batch_axes", empty_ok=True)
+      )
+
+
+def _is_int(x) -> bool:
+  """An integer, NumPy's included, but not a bool."""
+  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _axis_group(group, field: str, empty_ok: bool = False) -> int | tuple[int, ...]:
   """Checks one group of axes: an int, or a sequence of ints."""
-  if isinstance(group, int) and not isinstance(group, bool):
-    return group
+  if _is_int(group):
+    return int(group)
   if isinstance(group, (str, bytes)) or not isinstance(group, Sequence):
     raise TypeError(f"{field}: an axis group is an int or a sequence of ints, got {group!r}.")
   for a in group:
-    if isinstance(a, bool) or not isinstance(a, int):
+    if not _is_int(a):
       raise TypeError(f"{field}: axes are ints, got {a!r} in {tuple(group)!r}.")
   if not group and not empty_ok:
     raise ValueError(f"{field}: empty group of axes.")
-  return tuple(group)
+  return tuple(int(a) for a in group)
 
 
 def unfold(tensor: jax.Array, mode: int) -> jax.Array:
@@ -289,7 +301,7 @@ def _check_num_projected(num_projected, where: str) -> None:
 
 
 def _check_int(value, name: str, where: str, also: str = "") -> None:
-  if isinstance(value, bool) or not isinstance(value, int):
+  if not _is_int(value):
     raise TypeError(
       f"{where}: {name} must be an int{' or ' + also if also else ''}, got {value!r}."
     )
@@ -297,21 +309,24 @@ def _check_int(value, name: str, where: str, also: str = "") -> None:
     raise ValueError(f"{where}: {name} must be positive, got {value}.")
 
 
-def validate_rank(rank: Rank, where: str = "tensor_galore") -> None:
-  """Checks the form of ``rank`` (shape-independent checks only)."""
-  if isinstance(rank, bool):
-    raise TypeError(f"{where}: rank must be an int, a float or a tuple, got {rank!r}.")
-  if isinstance(rank, int):
+def canonical_rank(rank, where: str = "tensor_galore") -> Rank:
+  """``rank`` checked (shape-independent checks only), in Python numbers.
+
+  Integers of any kind (``numpy.int64`` from a config or a sweep) become
+  ``int``, other reals ``float``, sequences tuples.
+  """
+  if _is_int(rank):
     _check_int(rank, "rank", where)
-  elif isinstance(rank, float):
+    return int(rank)
+  if isinstance(rank, numbers.Real) and not isinstance(rank, bool):
     if not 0.0 < rank <= 1.0:
-      raise ValueError(f"{where}: a float rank is a fraction in (0, 1], got {rank}.")
-  elif isinstance(rank, Sequence) and not isinstance(rank, str):
-    for entry in rank:
-      if entry is not None:
-        validate_rank(entry, where)
-  else:
-    raise TypeError(f"{where}: rank must be an int, a float or a tuple, got {rank!r}.")
+      raise ValueError(
+        f"{where}: a float rank is the fraction of the entries kept, in (0, 1]; got {rank}."
+      )
+    return float(rank)
+  if isinstance(rank, Sequence) and not isinstance(rank, (str, bytes)):
+    return tuple(None if entry is None else canonical_rank(entry, where) for entry in rank)
+  raise TypeError(f"{where}: rank must be an int, a float or a tuple, got {rank!r}.")
 
 
 def _mode_rank(entry: int | float, size: int) -> int:
@@ -336,7 +351,7 @@ def preferred_modes(mode_sizes: Sequence[int]) -> list[int]:
 
 
 # A float rank's core keeps "about" the fraction asked for when it keeps at most
-# this many times it (ceil rounds up); past the second, a warning says so.
+# this many times it (ceil rounds up); past the second, the plan carries a note.
 _ABOUT, _WARN = 1.25, 1.5
 
 
@@ -348,28 +363,31 @@ def resolve_ranks(
   A mode's rank is clipped to the mode's size. With a scalar ``rank``, a mode
   that it cannot cut (its rank would be its size) stays unprojected: rotated
   whole it would save nothing, and Adam would normalise in a rotated basis.
-  With a float and ``num_projected=None``, the fewest modes whose core keeps
-  about ``rank`` of the entries (at most 1.25 times it), the first such in
-  the order of `preferred_modes`; if no choice does, the closest. ``"all"``
-  cuts every mode the rank can; an int, that many modes in that order. A
-  float whose core keeps more than 1.5 times ``rank`` warns, naming the
-  leaf. ``rank=1.0`` (or an int at least every mode's size) projects
-  nothing. A tuple keeps its exact meaning: every entry that is not ``None``
-  is projected.
+  With ``num_projected=None``, the fewest modes, in the order of
+  `preferred_modes`: a float's, the fewest whose core keeps about ``rank`` of
+  the entries (at most 1.25 times it; if no choice does, the closest); an
+  int's, the first mode it cuts. A tensor of two modes (a matrix) projects
+  one side either way: cutting both makes the core at a refresh diagonal up
+  to round-off, and Adam's first step would turn that round-off into
+  full-size steps along every off-diagonal direction. ``"all"`` cuts every
+  mode the rank can; an int, that many modes in that order. A tuple keeps
+  its exact meaning: every entry that is not ``None`` is projected.
   """
   n_modes = len(mode_sizes)
-  validate_rank(rank, where)
-  if isinstance(rank, Sequence):
+  rank = canonical_rank(rank, where)
+  if isinstance(rank, tuple):
     if num_projected is not None:
       raise ValueError(f"{where}: give either a per-mode rank tuple or num_projected, not both.")
     if len(rank) != n_modes:
       raise ValueError(
-        f"{where}: rank={tuple(rank)!r} has {len(rank)} entries but the tensor has "
+        f"{where}: rank={rank!r} has {len(rank)} entries but the tensor has "
         f"{n_modes} modes of sizes {tuple(mode_sizes)}."
       )
     return tuple(None if r is None else _mode_rank(r, i) for r, i in zip(rank, mode_sizes))
   _check_num_projected(num_projected, where)
   order = preferred_modes(mode_sizes)
+  if num_projected is None and n_modes == 2:
+    num_projected = 1
   if isinstance(num_projected, int):
     if num_projected > n_modes:
       raise ValueError(
@@ -377,37 +395,31 @@ def resolve_ranks(
         f"{tuple(mode_sizes)}."
       )
     order = order[:num_projected]
-  if not isinstance(rank, float) or num_projected is not None:
-    resolved = _cut(rank, mode_sizes, set(order))
-  else:
-    # Every choice of modes, the fewest first, each in the order of `preferred_modes`.
-    options = [
-      _cut(rank, mode_sizes, set(modes))
-      for k in range(1, n_modes + 1)
-      for modes in itertools.combinations(order, k)
-    ]
-    kept = lambda ranks: _fraction(ranks, mode_sizes) / rank
-    resolved = next(
-      (r for r in options if kept(r) <= _ABOUT), min(options, key=lambda r: abs(math.log(kept(r))))
-    )
-  if isinstance(rank, float) and _fraction(resolved, mode_sizes) > _WARN * rank:
-    warnings.warn(
-      f"{where}: rank={rank} keeps {_fraction(resolved, mode_sizes):.2f} of its entries (ranks "
-      f"{resolved}): its modes are too short to cut to the fraction asked for. Give this "
-      "leaf a spec with per-mode ranks, or a smaller rank.",
-      stacklevel=2,
-    )
-  return resolved
+  if num_projected is not None:
+    return _cut(rank, mode_sizes, set(order))
+  if isinstance(rank, int):
+    first = next((n for n in order if rank < mode_sizes[n]), None)
+    return _cut(rank, mode_sizes, set() if first is None else {first})
+  # Every choice of modes, the fewest first, each in the order of `preferred_modes`.
+  options = [
+    _cut(rank, mode_sizes, set(modes))
+    for k in range(1, n_modes + 1)
+    for modes in itertools.combinations(order, k)
+  ]
+  kept = lambda ranks: fraction_kept(ranks, mode_sizes) / rank
+  return next(
+    (r for r in options if kept(r) <= _ABOUT), min(options, key=lambda r: abs(math.log(kept(r))))
+  )
 
 
-def _fraction(ranks: Sequence[int | None], mode_sizes: Sequence[int]) -> float:
+def fraction_kept(ranks: Sequence[int | None], mode_sizes: Sequence[int]) -> float:
   """The fraction of a tensor's entries that a core of these ranks keeps."""
   return math.prod(r or i for r, i in zip(ranks, mode_sizes)) / math.prod(mode_sizes)
 
 
 def _cut(rank: int | float, mode_sizes: Sequence[int], chosen: set[int]) -> tuple[int | None, ...]:
   """Ranks of the ``chosen`` modes that ``rank`` cuts; ``None`` for the others."""
-  while True:
+  while chosen:
     # Each of the N projected modes keeps rank**(1/N) of its size, so the core
     # keeps at least `rank` of the entries.
     per_mode = rank ** (1.0 / len(chosen)) if isinstance(rank, float) else rank
@@ -416,6 +428,18 @@ def _cut(rank: int | float, mode_sizes: Sequence[int], chosen: set[int]) -> tupl
     if cut == chosen or not cut:
       return tuple(ranks[n] if n in cut else None for n in range(len(mode_sizes)))
     chosen = cut  # the budget of the modes left whole goes to the others
+  return (None,) * len(mode_sizes)
+
+
+def stacked_axes(shape: Sequence[int]) -> tuple[int, ...]:
+  """``(0,)`` if the leading axis looks like a stack of layers, else ``()``.
+
+  A leaf of three or more axes whose leading axis is shorter than every other
+  one: ``nnx.scan``/``nnx.vmap`` stacks put the layer axis first, and weights
+  themselves rarely lead with their shortest axis (a Flax convolution kernel
+  ``(3, 3, in, out)`` leads with one of two equal ones).
+  """
+  return (0,) if len(shape) >= 3 and all(shape[0] < s for s in shape[1:]) else ()
 
 
 def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where: str) -> TuckerPlan:
@@ -423,9 +447,13 @@ def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where:
   shape = tuple(int(s) for s in shape)
   if not shape:
     raise ValueError(f"{where}: a scalar leaf has no modes to project.")
-  batch, groups = _normalize_axes(spec.modes, spec.batch_axes, len(shape), where)
+  rank = canonical_rank(default_rank if spec.rank is None else spec.rank, where)
+  batch_axes = spec.batch_axes
+  if batch_axes is None:
+    automatic = spec.modes is None and not isinstance(rank, tuple)
+    batch_axes = stacked_axes(shape) if automatic else ()
+  batch, groups = _normalize_axes(spec.modes, batch_axes, len(shape), where)
   mode_sizes = tuple(math.prod(shape[a] for a in g) for g in groups)
-  rank = default_rank if spec.rank is None else spec.rank
   ranks = resolve_ranks(rank, mode_sizes, spec.num_projected, where)
   return TuckerPlan(
     shape=shape,

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw, tree_bytes
+from tensor_galore_optax import optimizer_state_bytes, tensor_galore_adamw
+from tensor_galore_optax._memory import tree_bytes
 
 
 def test_tensor_galore_adamw_state_bytes_match_the_shapes():

@@ -45,3 +45,42 @@ def test_every_public_name_is_exported_once():
   assert len(names) == len(set(names))
   for name in names:
     assert hasattr(tensor_galore_optax, name), name
+
+
+def test_the_public_surface_is_small():
+  assert len(tensor_galore_optax.__all__) <= 9
+  assert tensor_galore_optax.__version__.split(".")[0] == "1"
+
+
+def test_building_every_optimizer_leaves_jax_distributed_initialize_possible(tmp_path):
+  """Multi-host programs build the optimizer in configuration code, before initialising JAX.
+
+  A fresh interpreter builds every public optimizer (and plans one), then
+  calls ``jax.distributed.initialize``: it raises RuntimeError if any of them
+  started the XLA backend.
+  """
+  import socket
+  import subprocess
+  import sys
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  program = f"""
+import jax, jax.numpy as jnp, optax
+from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
+built = [
+  tensor_galore_adamw(1e-3, rank=0.25, mu_dtype=jnp.bfloat16),
+  tensor_galore(rank=8, spec=TuckerSpec(num_projected="all"), update_proj_gap=10),
+  optax.chain(tensor_galore(rank=0.5), optax.add_decayed_weights(1e-4),
+              optax.scale_by_learning_rate(1e-3)),
+  optax.inject_hyperparams(tensor_galore_adamw, static_args=("rank",))(1e-3, rank=0.25),
+]
+jax.distributed.initialize("127.0.0.1:{port}", num_processes=1, process_id=0)
+print("initialized", jax.process_count())
+"""
+  done = subprocess.run(
+    [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=tmp_path
+  )
+  assert done.returncode == 0, done.stderr
+  assert "initialized 1" in done.stdout

@@ -10,8 +10,8 @@ from tensor_galore_optax import (
   optimizer_state_bytes,
   projection_plan,
   tensor_galore_adamw,
-  tree_bytes,
 )
+from tensor_galore_optax._memory import tree_bytes
 
 PARAMS = {
   "spectral": jax.ShapeDtypeStruct((32, 32, 16, 9), jnp.complex64),
@@ -49,11 +49,31 @@ def test_the_plan_names_each_leaf_its_modes_and_the_memory_asked_for():
   assert "['conv']" in table and "3, 3, 64->16, 64" in table and "x AdamW's" in table
 
 
-def test_stacked_layers_are_planned_per_layer():
+@pytest.mark.parametrize("spec", [None, {"w": TuckerSpec(batch_axes=(0,))}], ids=["auto", "named"])
+def test_stacked_layers_are_planned_per_layer(spec):
   params = {"w": jax.ShapeDtypeStruct((4, 32, 32, 16, 9), jnp.complex64)}
-  plan = projection_plan(params, rank=0.25, spec={"w": TuckerSpec(batch_axes=(0,))})
+  plan = projection_plan(params, rank=0.25, spec=spec)
   (leaf,) = plan.leaves
+  assert leaf.layers == (4,)
   assert leaf.modes == ((32, 8), (32, None), (16, None), (9, None))
+  assert "4 x [32->8, 32, 16, 9]" in str(plan)
   assert plan.state_bytes == optimizer_state_bytes(
-    tensor_galore_adamw(1e-3, rank=0.25, spec={"w": TuckerSpec(batch_axes=(0,))}), params
+    tensor_galore_adamw(1e-3, rank=0.25, spec=spec), params
   )
+
+
+def test_the_plan_of_each_leaf_is_the_states():
+  """Per leaf, the modes reported are those of the factors the optimizer holds."""
+  plan = projection_plan(PARAMS, rank=0.25, min_size=1000)
+  state = jax.eval_shape(tensor_galore_adamw(1e-3, rank=0.25, min_size=1000).init, PARAMS)[0]
+  for leaf in plan.leaves:
+    key = leaf.path[2:-2]  # "['conv']" -> "conv"
+    factor_shapes = [tuple(u.shape) for u in state.factors[key]]
+    assert factor_shapes == [(i, r) for i, r in leaf.modes if r is not None], leaf.path
+
+
+def test_a_bare_tensor_galore_is_planned_with_the_same_defaults():
+  from tensor_galore_optax import tensor_galore
+
+  plan = projection_plan(PARAMS, min_size=1000)
+  assert plan.state_bytes == optimizer_state_bytes(tensor_galore(min_size=1000), PARAMS)
