@@ -1,0 +1,544 @@
+"""The accuracy-memory frontier: every optimizer's test error against its whole state.
+
+Each optimizer of `OPTIMIZERS` is one call, a Python expression in ``lr`` (the
+learning-rate schedule) and ``params``; the benchmark evaluates exactly that
+string, so the call in a result row is the code that made it. Every optimizer
+gets the same learning-rate budget on a task: the task's three rates (scaled
+by the optimizer's family, `FAMILY_LR_SCALE`) on seed 0, then seeds 1 and 2 at
+the best of them.
+
+Every run is one JSON file under ``benchmarks/results/frontier/runs/<task>/``,
+named by a hash of everything it depends on (task settings, call, rate, seed,
+protocol): a finished run is never trained again, so an interrupted command
+resumes where it stopped. The state counted is the whole optimizer's
+(``jax.eval_shape`` of ``init``: moments, factors, statistics, counters), and
+AdamW's is measured the same way on the same parameters.
+
+Usage, from the repository root::
+
+  python -m benchmarks.frontier --task darcy16                       # every optimizer
+  python -m benchmarks.frontier --task darcy16 --optimizers adamw,tg_0.25
+  python -m benchmarks.frontier --task burgers --stage lr            # seed 0's rates only
+  python -m benchmarks.frontier --task darcy16 --dry-run             # what would train
+  python -m benchmarks.frontier --plot     # frontier.png, frontier.md, settings.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import tensor_galore_optax
+from benchmarks import frontier_levers as levers
+from benchmarks import frontier_tasks
+from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
+
+RESULTS = pathlib.Path("benchmarks/results/frontier")
+# Bump when the training protocol changes: old runs then no longer match any key.
+PROTOCOL = 1
+
+# How each optimizer family's rates relate to AdamW's grid: Adafactor's default
+# parameter-scale step wants about 3x, Lion's sign step about a tenth.
+FAMILY_LR_SCALE = {"adam": 1.0, "adafactor": 3.0, "lion": 0.1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """One point of the frontier.
+
+  Attributes:
+    call: The optimizer, a Python expression in ``lr`` and ``params``; a dict
+      maps task names to their own call (a task it lacks does not apply).
+    family: A key of `FAMILY_LR_SCALE`.
+    library: Whether this is `tensor_galore_adamw` itself (joined on the plot).
+    note: What the table says about it.
+  """
+
+  call: str | dict[str, str]
+  family: str = "adam"
+  library: bool = False
+  note: str = ""
+
+  def call_for(self, task: str) -> str | None:
+    """The call on ``task``, or ``None`` where it does not apply."""
+    return self.call.get(task) if isinstance(self.call, dict) else self.call
+
+
+_AF = "optax.adafactor(lr, min_dim_size_to_factor=8"
+
+OPTIMIZERS: dict[str, Optimizer] = {
+  "adamw": Optimizer("optax.adamw(lr)"),
+  "adamw_bf16_mu": Optimizer("optax.adamw(lr, mu_dtype=jnp.bfloat16)"),
+  "adafactor": Optimizer(_AF + ")", "adafactor"),
+  "adafactor_momentum": Optimizer(_AF + ", momentum=0.9)", "adafactor"),
+  "adafactor_momentum_bf16": Optimizer(
+    _AF + ", momentum=0.9, dtype_momentum=jnp.bfloat16)", "adafactor"
+  ),
+  "lion": Optimizer("optax.lion(lr)", "lion"),
+  "muon": Optimizer(
+    "optax.contrib.muon(lr)",
+    note="Newton-Schulz on the 2-D kernels; Adam on every other leaf (the FNO's complex "
+    "spectral weights included)",
+  ),
+  "galore": Optimizer(
+    # The int rank that keeps a quarter of a matrix's smaller side.
+    {
+      "darcy16": "optax.contrib.galore(lr, rank=6, weight_decay=1e-4)",
+      "burgers": "optax.contrib.galore(lr, rank=32, weight_decay=1e-4)",
+    },
+    note="projects the 2-D real kernels only; on the FNO the complex spectral weights keep "
+    "full Adam (projecting them would drop their imaginary part)",
+  ),
+  **{
+    f"tg_{r}": Optimizer(f"tensor_galore_adamw(lr, rank={r})", library=True)
+    for r in (0.05, 0.1, 0.25, 0.5)
+  },
+  # Lever ii: low-precision first moments (cores and small leaves).
+  **{
+    f"tg_{r}_bf16_mu": Optimizer(f"tensor_galore_adamw(lr, rank={r}, mu_dtype=jnp.bfloat16)")
+    for r in (0.05, 0.1)
+  },
+  # Lever iii's control: the same small rank without the residual step.
+  **{
+    f"tg_{r}_no_residual": Optimizer(f"tensor_galore_adamw(lr, rank={r}, residual_scale=None)")
+    for r in (0.05, 0.1)
+  },
+  # Lever i: a factored second moment on the cores and on the leaves left whole.
+  **{
+    f"factored_core_{r}": Optimizer(f"levers.factored_core(lr, params, rank={r})")
+    for r in (0.05, 0.1)
+  },
+  **{
+    f"factored_core_{r}_no_small_mu": Optimizer(
+      f"levers.factored_core(lr, params, rank={r}, small_leaf_momentum=False)"
+    )
+    for r in (0.05, 0.1)
+  },
+  "factored_core_0.1_bf16_mu": Optimizer(
+    "levers.factored_core(lr, params, rank=0.1, mu_dtype=jnp.bfloat16)"
+  ),
+  # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
+  **{
+    f"adafactor_core_{r}": Optimizer(
+      f"levers.adafactor_core_momentum(lr, params, rank={r})", "adafactor"
+    )
+    for r in (0.05, 0.1, 0.25)
+  },
+  "adafactor_core_0.1_no_small_mu": Optimizer(
+    "levers.adafactor_core_momentum(lr, params, rank=0.1, small_leaf_momentum=False)",
+    "adafactor",
+  ),
+}
+
+# The order in which `--task` trains when no --optimizers are named: the peers and the
+# library's ranks first, the levers after.
+DEFAULT_ORDER = (
+  "adamw",
+  "tg_0.25",
+  "tg_0.1",
+  "adafactor",
+  "adafactor_momentum",
+  "tg_0.05",
+  "tg_0.5",
+  "adamw_bf16_mu",
+  "lion",
+  "muon",
+  "galore",
+  "adafactor_momentum_bf16",
+)
+
+
+def build_optimizer(call: str, schedule, params) -> optax.GradientTransformation:
+  """Evaluates ``call`` with ``lr`` the schedule and ``params`` the parameters."""
+  namespace = dict(
+    optax=optax,
+    jnp=jnp,
+    tensor_galore=tensor_galore,
+    tensor_galore_adamw=tensor_galore_adamw,
+    TuckerSpec=TuckerSpec,
+    levers=levers,
+    lr=schedule,
+    params=params,
+  )
+  return eval(call, namespace)  # noqa: S307 -- the calls are this module's own strings
+
+
+def state_bytes(tx: optax.GradientTransformation, params) -> int:
+  """Bytes of ``tx``'s whole state for ``params`` (shapes only: nothing is allocated)."""
+  state = jax.eval_shape(tx.init, params)
+  return sum(math.prod(s.shape) * jnp.dtype(s.dtype).itemsize for s in jax.tree.leaves(state))
+
+
+def make_schedule(peak: float, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+  """One epoch of linear warm-up (at most half the run), then a cosine decay to 1% of ``peak``."""
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0,
+    peak_value=peak,
+    warmup_steps=min(steps_per_epoch, epochs * steps_per_epoch // 2),
+    decay_steps=epochs * steps_per_epoch,
+    end_value=0.01 * peak,
+  )
+
+
+def relative_l2(pred: jax.Array, y: jax.Array) -> jax.Array:
+  """Per-sample ``||pred - y|| / ||y||`` over all but the batch axis."""
+  axes = tuple(range(1, y.ndim))
+  return jnp.sqrt(jnp.sum((pred - y) ** 2, axes) / jnp.sum(y**2, axes))
+
+
+def _git_commit() -> str:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def run_key(task: frontier_tasks.Task, call: str, lr: float, seed: int) -> dict:
+  """Everything a run's result depends on (its cache key is this dict's hash)."""
+  return dict(
+    protocol=PROTOCOL,
+    task=task.name,
+    settings=task.settings,
+    epochs=task.epochs,
+    batch_size=task.batch_size,
+    call=call,
+    lr=lr,
+    seed=seed,
+  )
+
+
+def run_path(key: dict) -> pathlib.Path:
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  return RESULTS / "runs" / key["task"] / f"{digest}.json"
+
+
+def train(task: frontier_tasks.Task, call: str, lr: float, seed: int, *, epochs=None) -> dict:
+  """Trains ``task``'s model with ``call`` at peak rate ``lr`` from ``seed``; the result row.
+
+  The seed sets the initialisation and the order of the batches; the data is fixed.
+  Inputs and targets are normalised per channel with the training split's
+  statistics; the loss and the test error are the relative L2 error in the
+  data's units.
+  """
+  epochs = task.epochs if epochs is None else epochs
+  x_train, y_train, x_test, y_test = task.data()
+  # Both tasks have one input and one output channel: one mean and one deviation each.
+  mean_x, std_x = float(x_train.mean()), float(x_train.std())
+  mean_y, std_y = float(y_train.mean()), float(y_train.std())
+
+  graphdef, state = nnx.split(task.model(seed))
+  params = nnx.to_pure_dict(state)
+  steps_per_epoch = len(x_train) // task.batch_size
+  schedule = make_schedule(lr, steps_per_epoch, epochs)
+  tx = build_optimizer(call, schedule, params)
+  adamw = build_optimizer(OPTIMIZERS["adamw"].call, schedule, params)
+
+  def predict(params, x):
+    out = nnx.merge(graphdef, params)((x - mean_x) / std_x)
+    return out * std_y + mean_y
+
+  def loss_fn(params, x, y):
+    return jnp.mean(relative_l2(predict(params, x), y))
+
+  def step(params, opt_state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    # jax.grad gives a complex weight the conjugate of the ascent direction; optax wants it.
+    grads = jax.tree.map(jnp.conj, grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  evaluate = jax.jit(lambda params, x, y: relative_l2(predict(params, x), y))
+  opt_state = jax.jit(tx.init)(params)
+
+  rng = np.random.default_rng([seed, 1])
+  start = time.perf_counter()
+  batch = (x_train[: task.batch_size], y_train[: task.batch_size])
+  compiled = step.lower(params, opt_state, *batch).compile()
+  compile_s = time.perf_counter() - start
+  step_times, history = [], []
+  for _ in range(epochs):
+    order = rng.permutation(len(x_train))
+    losses = []
+    for i in range(steps_per_epoch):
+      index = order[i * task.batch_size : (i + 1) * task.batch_size]
+      t0 = time.perf_counter()
+      params, opt_state, loss = compiled(params, opt_state, x_train[index], y_train[index])
+      losses.append(float(loss))  # waits for the step
+      step_times.append(time.perf_counter() - t0)
+    history.append(
+      dict(
+        train_loss=float(np.mean(losses)), test=float(jnp.mean(evaluate(params, x_test, y_test)))
+      )
+    )
+  test = float(jnp.mean(evaluate(params, x_test, y_test)))
+  return dict(
+    test_error=test if math.isfinite(test) else None,
+    history=history,
+    state_bytes=state_bytes(tx, params),
+    adamw_state_bytes=state_bytes(adamw, params),
+    param_bytes=sum(a.nbytes for a in jax.tree.leaves(params)),
+    # The median, as other users share the CPU: the typical step, not the unlucky ones.
+    step_time_s=statistics.median(step_times[5:] or step_times),
+    compile_s=compile_s,
+    wall_s=time.perf_counter() - start,
+  )
+
+
+def run(task_name: str, name: str, lr: float, seed: int, *, dry_run: bool = False) -> dict | None:
+  """The row of one run, trained now unless its file exists (``None`` on a dry run)."""
+  task = frontier_tasks.TASKS[task_name]
+  call = OPTIMIZERS[name].call_for(task_name)
+  key = run_key(task, call, lr, seed)
+  path = run_path(key)
+  if path.exists():
+    return json.loads(path.read_text())
+  print(f"[{task_name}] {name} lr={lr:g} seed={seed}: {call}", flush=True)
+  if dry_run:
+    return None
+  row = dict(
+    optimizer=name,
+    **key,
+    **train(task, call, lr, seed),
+    library_version=tensor_galore_optax.__version__,
+    commit=_git_commit(),
+    versions=dict(jax=jax.__version__, optax=optax.__version__),
+    machine=f"{platform.machine()} {jax.devices()[0].platform}",
+  )
+  err, ratio = row["test_error"], row["state_bytes"] / row["adamw_state_bytes"]
+  print(
+    f"  test {err if err is None else f'{err:.4f}'}, state {ratio:.3f}x"
+    f" AdamW's, step {1e3 * row['step_time_s']:.1f} ms, {row['wall_s']:.0f} s",
+    flush=True,
+  )
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(row, indent=1))
+  tmp.replace(path)
+  return row
+
+
+def lr_grid(task_name: str, name: str) -> list[float]:
+  """The three rates ``name`` gets on ``task_name``."""
+  scale = FAMILY_LR_SCALE[OPTIMIZERS[name].family]
+  return [float(f"{scale * lr:.3g}") for lr in frontier_tasks.TASKS[task_name].lrs]
+
+
+def _error(row: dict | None) -> float:
+  return math.inf if row is None or row["test_error"] is None else row["test_error"]
+
+
+def best_lr(task_name: str, name: str) -> float | None:
+  """The rate of the lowest seed-0 error among the grid's finished runs (``None`` if missing)."""
+  rows = [load_row(task_name, name, lr, 0) for lr in lr_grid(task_name, name)]
+  if any(r is None for r in rows):
+    return None
+  return min(zip(map(_error, rows), lr_grid(task_name, name), strict=True))[1]
+
+
+def load_row(task_name: str, name: str, lr: float, seed: int) -> dict | None:
+  task = frontier_tasks.TASKS[task_name]
+  call = OPTIMIZERS[name].call_for(task_name)
+  path = run_path(run_key(task, call, lr, seed))
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool) -> None:
+  """Seed 0 at every rate, then (``stage`` ``all`` or ``seeds``) the other seeds at the best."""
+  if stage in ("lr", "all"):
+    for lr in lr_grid(task_name, name):
+      run(task_name, name, lr, 0, dry_run=dry_run)
+  if stage in ("seeds", "all"):
+    lr = best_lr(task_name, name)
+    if lr is None:
+      print(f"[{task_name}] {name}: the rate sweep is unfinished; no seeds yet")
+      return
+    for seed in seeds:
+      run(task_name, name, lr, seed, dry_run=dry_run)
+
+
+# --------------------------------------------------------------------------
+# Summary: table, plot, settings
+# --------------------------------------------------------------------------
+
+
+def summarise(task_name: str) -> list[dict]:
+  """One point per optimizer with a finished rate sweep: its best rate's seeds."""
+  points = []
+  for name, opt in OPTIMIZERS.items():
+    if opt.call_for(task_name) is None:
+      continue
+    lr = best_lr(task_name, name)
+    if lr is None:
+      continue
+    sweep = {g: _error(load_row(task_name, name, g, 0)) for g in lr_grid(task_name, name)}
+    rows = [r for s in (0, 1, 2) if (r := load_row(task_name, name, lr, s)) is not None]
+    errors = [_error(r) for r in rows]
+    points.append(
+      dict(
+        task=task_name,
+        optimizer=name,
+        call=opt.call_for(task_name),
+        library=opt.library,
+        note=opt.note,
+        lr=lr,
+        sweep=sweep,
+        errors=errors,
+        mean=statistics.mean(errors),
+        std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
+        state=rows[0]["state_bytes"] / rows[0]["adamw_state_bytes"],
+        state_bytes=rows[0]["state_bytes"],
+        step_time_s=statistics.median(r["step_time_s"] for r in rows),
+        edge=lr in (min(sweep), max(sweep)),
+      )
+    )
+  ref = next((p for p in points if p["optimizer"] == "adamw"), None)
+  for p in points:
+    p["error_ratio"] = p["mean"] / ref["mean"] if ref else None
+    p["std_ratio"] = p["std"] / ref["mean"] if ref else None
+    p["time_ratio"] = p["step_time_s"] / ref["step_time_s"] if ref else None
+  return points
+
+
+def _fmt(x: float, spec: str = ".3f") -> str:
+  return "diverged" if not math.isfinite(x) else format(x, spec)
+
+
+def markdown(points_by_task: dict[str, list[dict]]) -> str:
+  """The table of every point, per task, sorted by state."""
+  lines = [
+    "# The accuracy-memory frontier",
+    "",
+    "Made by `python -m benchmarks.frontier --plot` from the runs under `runs/` (each trained by",
+    "`python -m benchmarks.frontier --task <task>`). Every optimizer: three rates on seed 0, then",
+    "seeds 1 and 2 at the best; the error is the test relative L2 error after the last epoch,",
+    "mean +- standard deviation over the seeds (n). State: the whole optimizer state (moments,",
+    "factors, statistics), over AdamW's on the same parameters. Step time: median compiled step,",
+    "over AdamW's (a shared 2-core CPU: +-20 % is noise). `lr` in a call is the schedule: one",
+    "epoch of warm-up, then a cosine decay to 1 % of the best rate.",
+  ]
+  for task_name, points in points_by_task.items():
+    task = frontier_tasks.TASKS[task_name]
+    lines += [
+      "",
+      f"## {task_name}: {task.description}",
+      "",
+      "| optimizer | call | best lr | error (n) | error / AdamW | state / AdamW "
+      "| step / AdamW | seed-0 sweep |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in sorted(points, key=lambda p: p["state"]):
+      sweep = ", ".join(f"{lr:g}: {_fmt(e, '.4f')}" for lr, e in p["sweep"].items())
+      edge = " (edge)" if p["edge"] else ""
+      lines.append(
+        f"| {p['optimizer']} | `{p['call']}` | {p['lr']:g}{edge} | "
+        f"{_fmt(p['mean'], '.4f')} +- {_fmt(p['std'], '.4f')} ({len(p['errors'])}) | "
+        f"{_fmt(p['error_ratio'])} | {p['state']:.3f} | {_fmt(p['time_ratio'], '.2f')} | {sweep} |"
+      )
+    notes = [f"- {p['optimizer']}: {p['note']}" for p in points if p["note"]]
+    lines += [""] + notes if notes else []
+  return "\n".join(lines) + "\n"
+
+
+def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
+  """Error / AdamW against state / AdamW (log), one panel per task; the library's points joined."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tasks = [t for t, p in points_by_task.items() if p]
+  fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
+  markers = "osD^v<>phX*P8"
+  for ax, task_name in zip(axes[0], tasks, strict=True):
+    points = [p for p in points_by_task[task_name] if math.isfinite(p["mean"])]
+    lib = sorted((p for p in points if p["library"]), key=lambda p: p["state"])
+    ax.plot([p["state"] for p in lib], [p["error_ratio"] for p in lib], "-", color="C0", zorder=1)
+    for i, p in enumerate(sorted(points, key=lambda p: p["state"])):
+      ax.errorbar(
+        p["state"],
+        p["error_ratio"],
+        yerr=p["std_ratio"],
+        marker=markers[i % len(markers)],
+        color="C0" if p["library"] else f"C{1 + i % 9}",
+        linestyle="none",
+        capsize=2,
+        label=p["optimizer"],
+      )
+    ax.axhline(1.0, color="gray", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer state / AdamW's")
+    ax.set_ylabel("test error / AdamW's")
+    ax.set_title(task_name)
+    ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=120)
+
+
+def collect() -> None:
+  """Writes frontier.png, frontier.md and frontier.json (the points) from the runs."""
+  points = {t: summarise(t) for t in frontier_tasks.TASKS}
+  plot(points, RESULTS / "frontier.png")
+  (RESULTS / "frontier.md").write_text(markdown(points))
+  (RESULTS / "frontier.json").write_text(json.dumps(points, indent=1))
+  print((RESULTS / "frontier.md").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--task", choices=tuple(frontier_tasks.TASKS))
+  parser.add_argument(
+    "--optimizers",
+    help=f"comma-separated names (default: {','.join(DEFAULT_ORDER)}); 'list' lists them",
+  )
+  parser.add_argument(
+    "--stage",
+    choices=("lr", "seeds", "all"),
+    default="all",
+    help="lr: seed 0 at the three rates; seeds: seeds 1 and 2 at the best; all: both",
+  )
+  parser.add_argument("--seeds", default="1,2", help="the seeds beyond 0 (default 1,2)")
+  parser.add_argument("--dry-run", action="store_true", help="print the runs that would train")
+  parser.add_argument("--plot", action="store_true", help="write the figure and tables")
+  args = parser.parse_args(argv)
+  if args.optimizers == "list":
+    for name, opt in OPTIMIZERS.items():
+      print(f"{name:32s} {opt.call}")
+    return 0
+  if args.task is None and not args.plot:
+    parser.error("give --task or --plot")
+  if args.task:
+    names = args.optimizers.split(",") if args.optimizers else list(DEFAULT_ORDER)
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if unknown:
+      parser.error(f"unknown optimizers {unknown}; see --optimizers list")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    for name in names:
+      if OPTIMIZERS[name].call_for(args.task) is None:
+        print(f"[{args.task}] {name}: not applicable")
+        continue
+      train_optimizer(args.task, name, args.stage, seeds, args.dry_run)
+  if args.plot:
+    collect()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
