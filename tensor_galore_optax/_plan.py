@@ -113,7 +113,8 @@ def plan_tree(
     if s is not None and leaf.size:  # nothing to project in an empty leaf
       where = f"{describe(path)} with shape {tuple(leaf.shape)}"
       plan = _tucker.make_plan(leaf.shape, s, rank, where)
-      note = _note(plan, rank if s.rank is None else s.rank, where)
+      automatic = s.batch_axes is None and s.modes is None
+      note = _note(plan, rank if s.rank is None else s.rank, where, automatic=automatic)
       if note:
         notes.append(note)
       plan = plan if plan.projected_modes else None
@@ -121,9 +122,21 @@ def plan_tree(
   return TreePlan(treedef, tuple(describe(p) for p, _ in paths_and_leaves), tuple(plans)), notes
 
 
-def _note(plan: TuckerPlan, rank: Rank, where: str) -> str | None:
-  """What a user should hear about a leaf's plan, if anything."""
+def _note(plan: TuckerPlan, rank: Rank, where: str, automatic: bool = False) -> str | None:
+  """What a user should hear about a leaf's plan, if anything.
+
+  ``automatic``: the leaf's batch axes were left to `_tucker.stacked_axes`,
+  which cannot tell a stack of at least as many layers as the weight's
+  shortest axis from a weight: a cut of the leading axis of such a leaf of
+  five or more axes (an FNO or 3-D convolution stack) is named.
+  """
   kept = _tucker.fraction_kept(plan.ranks, plan.mode_sizes)
+  if automatic and not plan.batch_shape and len(plan.shape) >= 5 and plan.ranks[0] is not None:
+    return (
+      f"{where}: its leading axis ({plan.shape[0]}) is cut to {plan.ranks[0]}. If it stacks "
+      "layers (nnx.scan, nnx.vmap), give it TuckerSpec(batch_axes=0) so that each layer gets "
+      "its own factors; TuckerSpec(batch_axes=()) says it does not, and silences this."
+    )
   sizes = ", ".join(map(str, plan.mode_sizes))
   if not plan.projected_modes:
     return (

@@ -19,9 +19,11 @@ from tensor_galore_optax import (
 )
 
 
-def _complex_normal(key, shape, dtype=jnp.complex64):
-  kr, ki = jax.random.split(key)
-  return (jax.random.normal(kr, shape) + 1j * jax.random.normal(ki, shape)).astype(dtype)
+from _helpers import normal as _complex_normal
+from _helpers import raises_naming
+
+# The projection alone: GaLore's unscaled update, no residual step.
+PLAIN = {"scale": 1.0, "residual_scale": None}
 
 
 def _run(tx, grads, state, jit):
@@ -38,13 +40,20 @@ def jit(request):
 
 
 def test_full_rank_with_sgd_base_equals_sgd(jit):
+  """Every mode projected at its full size: real factors (orthonormal bases, refreshed at step
+  0) apply, and SGD, being rotation invariant, is unchanged. A transpose instead of the
+  conjugate transpose, or a factor left out of the back-projection, breaks this."""
   key = jax.random.key(0)
   params = {
     "spectral": _complex_normal(key, (6, 5, 4, 3)),
     "dense": jax.random.normal(key, (7, 9)),
     "bias": jnp.ones(5),
   }
-  tx = tensor_galore(rank=1.0, min_size=1, base_optimizer=optax.sgd(0.1, momentum=0.9))
+  spec = {"spectral": TuckerSpec(rank=(6, 5, 4, 3)), "dense": TuckerSpec(rank=(7, 9)), "bias": None}
+  # One refresh, at step 0: momentum kept across a change of basis is not SGD's.
+  tx = tensor_galore(
+    spec=spec, base_optimizer=optax.sgd(0.1, momentum=0.9), update_proj_gap=100, **PLAIN
+  )
   reference = optax.sgd(0.1, momentum=0.9)
   state = (jax.jit(tx.init) if jit else tx.init)(params)
   ref_state = reference.init(params)
@@ -52,22 +61,31 @@ def test_full_rank_with_sgd_base_equals_sgd(jit):
     grads = jax.tree.map(lambda p, s=step: p * (s + 1) - 0.3, params)
     updates, state = _run(tx, grads, state, jit)
     ref_updates, ref_state = reference.update(grads, ref_state)
+    # Two products with orthonormal float32 factors per mode, and their inverses: about
+    # 2 * 4 modes * sqrt(6) eps relative per entry; 2e-5 leaves room for the momentum's sum.
     chex.assert_trees_all_close(updates, ref_updates, atol=2e-5, rtol=2e-5)
     chex.assert_trees_all_equal_dtypes(updates, params)
+  assert all(f.shape[0] == f.shape[1] for f in state.factors["spectral"])
+  assert not np.allclose(state.factors["spectral"][0], np.eye(6))  # refreshed, not the identity
 
 
 def test_full_rank_projection_with_identity_base_is_identity_on_complex_4d(jit):
+  """Full-size rank tuples: complete unitary factors, so projecting and back-projecting is the
+  identity up to round-off (4 modes x 2 products x a few eps, relative to entries of order 1)."""
   grads = {"w": _complex_normal(jax.random.key(1), (5, 4, 6, 3))}
-  tx = tensor_galore(rank=1.0, min_size=1, base_optimizer=optax.identity())
+  tx = tensor_galore(
+    spec=TuckerSpec(rank=(5, 4, 6, 3)), min_size=1, base_optimizer=optax.identity(), **PLAIN
+  )
   state = tx.init(grads)
-  updates, _ = _run(tx, grads, state, jit)
+  updates, state = _run(tx, grads, state, jit)
+  assert [f.shape for f in state.factors["w"]] == [(5, 5), (4, 4), (6, 6), (3, 3)]
   chex.assert_trees_all_close(updates, grads, atol=1e-5)
 
 
 @pytest.mark.parametrize("rank", [0.1, 0.5, 3, (2, None, 3, 2)])
 def test_low_rank_map_is_an_orthogonal_projection(rank, jit):
   grad = _complex_normal(jax.random.key(2), (8, 6, 5, 4))
-  tx = tensor_galore(rank=rank, min_size=1, base_optimizer=optax.identity())
+  tx = tensor_galore(rank=rank, min_size=1, base_optimizer=optax.identity(), **PLAIN)
   updates, state = _run(tx, {"w": grad}, tx.init({"w": grad}), jit)
   u = updates["w"]
   # <u, g - u> = 0 and projecting twice changes nothing.
@@ -129,13 +147,13 @@ def test_matrix_galore_spec_matches_optax_contrib_scale_by_galore():
   key = jax.random.key(5)
   params = {"tall": jax.random.normal(key, (12, 7)), "wide": jax.random.normal(key, (5, 11))}
   ours = tensor_galore(
-    rank,
+    rank=rank,
     update_proj_gap=gap,
     min_size=1,
     # optax projects the larger side (the rows when rows >= columns).
     spec={"tall": TuckerSpec(rank=(rank, None)), "wide": TuckerSpec(rank=(None, rank))},
-    refresh_method="svd",
-    moment_policy="keep",
+    base_optimizer=optax.scale_by_adam(),
+    **PLAIN,
   )
   theirs = optax.contrib.scale_by_galore(rank=rank, update_proj_gap=gap)
   state, ref_state = ours.init(params), theirs.init(params)
@@ -156,9 +174,9 @@ def test_reference_galore_side_is_the_one_mode_tucker_projection():
   key = jax.random.key(9)
   shape = (8, 8, 6, 4)
   params = {"w": _complex_normal(key, shape)}
-  settings = dict(update_proj_gap=3, min_size=1, scale="matched")
-  matrix = tensor_galore(2, spec=TuckerSpec(modes=(0, (1, 2, 3)), rank=(2, None)), **settings)
-  one_mode = tensor_galore(2, spec=TuckerSpec(rank=(2, None, None, None)), **settings)
+  settings = dict(update_proj_gap=3, min_size=1, scale="matched", residual_scale=None)
+  matrix = tensor_galore(rank=2, spec=TuckerSpec(modes=(0, (1, 2, 3)), rank=(2, None)), **settings)
+  one_mode = tensor_galore(rank=2, spec=TuckerSpec(rank=(2, None, None, None)), **settings)
   state, one_state = matrix.init(params), one_mode.init(params)
   assert [f.shape for f in state.factors["w"]] == [(8, 2)]
   assert [f.shape for f in one_state.factors["w"]] == [(8, 2)]
@@ -223,7 +241,7 @@ def test_inject_hyperparams_with_static_shape_arguments():
     hyperparam_dtype=jnp.float32,
   )
   injected = factory(learning_rate=1e-3, rank=0.25, update_proj_gap=5, min_size=64)
-  plain = tensor_galore_adamw(1e-3, 0.25, update_proj_gap=5, min_size=64)
+  plain = tensor_galore_adamw(1e-3, rank=0.25, update_proj_gap=5, min_size=64)
   s_inj, s_plain = injected.init(params), plain.init(params)
   u_inj, s_inj = jax.jit(injected.update)(params, s_inj, params)
   u_plain, s_plain = jax.jit(plain.update)(params, s_plain, params)
@@ -233,12 +251,25 @@ def test_inject_hyperparams_with_static_shape_arguments():
   chex.assert_trees_all_close(u_zero, jax.tree.map(jnp.zeros_like, u_zero))
 
 
-def test_map_params_reaches_the_parameter_shaped_parts_only():
+def test_map_params_visits_every_per_leaf_tree_of_the_state():
+  """``optax.tree.map_params`` calls ``init`` with one placeholder for the whole params tree,
+  so it cannot tell per leaf a core from a parameter: it visits the factors, the moments
+  (cores included) and the residual's statistics alike, and leaves the counts alone.
+  `optimizer_state_shardings` is the tool that tells them apart (tests/test_sharding.py)."""
   params = _fno_like_params(jax.random.key(9))
+  params["dense"] = jax.random.normal(jax.random.key(1), (64, 32))
   tx = tensor_galore_adamw(1e-3, min_size=64)
   state = tx.init(params)
-  mapped = optax.tree.map_params(tx, lambda v: v, state)
-  chex.assert_trees_all_equal(mapped, state)
+  mapped = optax.tree.map_params(tx, lambda v: jnp.full_like(v, 7), state)
+  galore, mapped_galore = state[0], mapped[0]
+  assert galore.factors["spectral"] and galore.factors["dense"]  # both projected
+  for tree in (mapped_galore.factors, mapped_galore.residual_moments):
+    assert all(bool(jnp.all(x == 7)) for x in jax.tree.leaves(tree))
+  assert all(bool(jnp.all(x == 7)) for x in jax.tree.leaves(mapped_galore.base_optimizer_state.mu))
+  chex.assert_trees_all_equal(mapped_galore.count, galore.count)
+  chex.assert_trees_all_equal(
+    mapped_galore.base_optimizer_state.count, galore.base_optimizer_state.count
+  )
 
 
 def test_empty_tree_and_none_leaves():
@@ -268,11 +299,10 @@ def test_updates_keep_the_gradient_dtype_and_factors_are_at_least_float32(dtype)
   assert jnp.iscomplexobj(jnp.zeros((), factor_dtype)) == jnp.iscomplexobj(params["w"])
 
 
-def test_float64_on_request():
+def test_float64_leaves_get_float64_factors():
   with jax.enable_x64(True):
-    params = {"w": jax.random.normal(jax.random.key(0), (6, 5, 4))}
-    tx = tensor_galore(rank=0.5, min_size=1, factor_dtype="float64")
-    state = tx.init(params)
+    params = {"w": jax.random.normal(jax.random.key(0), (6, 5, 4), jnp.float64)}
+    state = tensor_galore(rank=0.5, min_size=1).init(params)
     assert state.factors["w"][0].dtype == jnp.float64
 
 
@@ -306,44 +336,6 @@ def test_state_is_a_plain_namedtuple_of_arrays():
     assert isinstance(leaf, jax.Array)
 
 
-# --- Moment policies ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("policy", ["keep", "reset", "rotate"])
-def test_moment_policies_train(policy):
-  params = {"w": _complex_normal(jax.random.key(11), (8, 8, 6, 4))}
-  target = _complex_normal(jax.random.key(12), (8, 8, 6, 4))
-  loss = lambda p: jnp.sum(jnp.abs(p["w"] - target) ** 2)
-  tx = tensor_galore_adamw(3e-2, rank=0.5, min_size=1, update_proj_gap=10, moment_policy=policy)
-  state = tx.init(params)
-
-  @jax.jit
-  def step(p, s):
-    grads = optax.tree.conj(jax.grad(loss)(p))
-    u, s = tx.update(grads, s, p)
-    return optax.apply_updates(p, u), s
-
-  start = loss(params)
-  for _ in range(60):
-    params, state = step(params, state)
-  assert float(loss(params)) < 0.5 * float(start)
-
-
-def test_rotate_with_unchanged_factors_is_a_no_op():
-  grad = {"w": _complex_normal(jax.random.key(13), (8, 7, 6))}
-  keep = tensor_galore(rank=0.5, min_size=1, update_proj_gap=1, refresh_method="svd")
-  rotate = tensor_galore(
-    rank=0.5, min_size=1, update_proj_gap=1, refresh_method="svd", moment_policy="rotate"
-  )
-  s_keep, s_rot = keep.init(grad), rotate.init(grad)
-  # Step 0 fixes the factors; the same gradient again finds the same factors.
-  for _ in range(3):
-    u_keep, s_keep = jax.jit(keep.update)(grad, s_keep)
-    u_rot, s_rot = jax.jit(rotate.update)(grad, s_rot)
-  chex.assert_trees_all_close(s_rot.base_optimizer_state, s_keep.base_optimizer_state, atol=1e-5)
-  chex.assert_trees_all_close(u_rot, u_keep, atol=1e-5)
-
-
 # --- Bad input ---------------------------------------------------------------------------------
 
 
@@ -352,14 +344,17 @@ def test_rotate_with_unchanged_factors_is_a_no_op():
   [
     ({"rank": -3}, ValueError, "rank must be positive, got -3"),
     ({"rank": 0}, ValueError, "rank must be positive"),
-    ({"rank": 1.5}, ValueError, r"fraction in \(0, 1\], got 1.5"),
+    ({"rank": 1.5}, ValueError, r"in \(0, 1\]; got 1.5"),
     ({"rank": 0.0}, ValueError, "fraction"),
     ({"rank": "big"}, TypeError, "rank must be"),
     ({"update_proj_gap": 0}, ValueError, "update_proj_gap"),
     ({"min_size": -1}, ValueError, "min_size"),
-    ({"refresh_method": "qr"}, ValueError, "refresh_method"),
-    ({"moment_policy": "forget"}, ValueError, "moment_policy"),
-    ({"factor_dtype": "float16"}, ValueError, "factor_dtype"),
+    ({"update_proj_gap": 2.5}, TypeError, "update_proj_gap must be an int, got 2.5"),
+    ({"min_size": -1}, ValueError, "min_size must be at least 0, got -1"),
+    ({"scale": "auto"}, ValueError, "scale must be a positive number or 'matched', got 'auto'"),
+    ({"scale": float("nan")}, ValueError, "scale must be a positive number"),
+    ({"scale": -1.0}, ValueError, "got -1.0"),
+    ({"residual_scale": 0.0}, ValueError, "residual_scale must be None or a positive number"),
     ({"base_optimizer": optax.scale_by_adam}, TypeError, "base_optimizer"),
   ],
 )
@@ -404,12 +399,6 @@ def test_bad_arguments_fail_at_construction(kwargs, error, match):
       ValueError,
       "must not need `params`",
     ),
-    (
-      {"w": jnp.ones((4, 5))},
-      {"base_optimizer": optax.identity(), "moment_policy": "rotate"},
-      ValueError,
-      "its state has none",
-    ),
   ],
 )
 def test_bad_inputs_fail_at_init_naming_the_leaf(params, kwargs, error, match):
@@ -420,7 +409,11 @@ def test_bad_inputs_fail_at_init_naming_the_leaf(params, kwargs, error, match):
 
 def test_a_callable_spec_and_a_pytree_spec_pick_leaves():
   params = {"a": jnp.ones((6, 6, 6)), "b": jnp.ones((6, 6, 6))}
-  by_tree = tensor_galore(spec={"a": TuckerSpec(rank=2), "b": None}).init(params)
+  every = TuckerSpec(rank=2, num_projected="all")
+  by_tree = tensor_galore(spec={"a": every, "b": None}).init(params)
+  # An int rank alone cuts the first mode only, as a float rank cuts the fewest.
+  one = tensor_galore(spec={"a": TuckerSpec(rank=2), "b": None}).init(params)
+  assert [f.shape for f in one.factors["a"]] == [(6, 2)]
   by_callable = tensor_galore(spec=lambda p: {"a": None, "b": TuckerSpec(rank=(None, 2, 3))}).init(
     params
   )
@@ -533,25 +526,14 @@ def test_real_mlp_regression_with_projected_weights_ends_within_1_2x_of_adamw():
 # --- States of other versions --------------------------------------------------------------------
 
 
-def _five_field_state(state):
-  """A 0.2 release's state: two more per-leaf fields after the three of 0.3."""
-  empty = jax.tree.map(lambda _: (), state.factors, is_leaf=lambda x: isinstance(x, tuple))
-  return (*state[:3], empty, empty)
-
-
-@pytest.mark.parametrize(
-  "restore",
-  [
-    tuple,
-    lambda s: dict(zip(("count", "factors", "base_optimizer_state", "residual_norms", "grams"), s)),
-  ],
-  ids=["tuple", "mapping"],
-)
-def test_a_state_of_the_previous_release_is_refused_clearly(restore):
+@pytest.mark.parametrize("fields", [3, 5])
+def test_a_state_of_0x_is_refused_saying_to_initialise_a_new_one(fields):
+  """0.3 states had three fields, 0.2 states five: neither is read."""
   params = {"w": jnp.ones((8, 6, 5), jnp.complex64)}
   tx = tensor_galore(rank=0.5, min_size=1)
-  old = restore(_five_field_state(tx.init(params)))
-  with pytest.raises(ValueError, match="written by tensor_galore_optax 0.2"):
+  state = tuple(tx.init(params))
+  old = state[:3] if fields == 3 else (*state[:3], state[1], state[1])
+  with raises_naming(ValueError, "TensorGaLoreState", "0.x", "Initialise a new state"):
     tx.update(params, old)
 
 
@@ -568,3 +550,123 @@ def test_another_transformations_state_is_refused_by_name():
   params = {"w": jnp.ones((8, 6, 5))}
   with pytest.raises(ValueError, match="expected a TensorGaLoreState"):
     tensor_galore(rank=0.5, min_size=1).update(params, optax.adam(1e-3).init(params))
+
+
+# --- One meaning per argument -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "build, words",
+  [
+    (lambda: tensor_galore(1e-3), ["tensor_galore(rank=0.001)", "scale_by_learning_rate"]),
+    (lambda: tensor_galore_adamw(1e-3, 0.25), ["tensor_galore_adamw(rank=0.25)", "keyword"]),
+  ],
+  ids=["tensor_galore", "tensor_galore_adamw"],
+)
+def test_options_given_by_position_are_refused_naming_the_keyword(build, words):
+  with raises_naming(TypeError, *words):
+    build()
+
+
+def test_the_chain_and_the_one_call_optimizer_are_one_algorithm_with_one_set_of_defaults():
+  """Bitwise the same updates, over a refresh, on a tensor, a matrix (with its residual step)
+  and a bias; and not the same as the paper's plain settings (the test would see a change)."""
+  key = jax.random.key(21)
+  params = {
+    "w": _complex_normal(key, (32, 32, 16, 9)),
+    "m": jax.random.normal(key, (256, 256)),
+    "b": jnp.ones(32),
+  }
+  chain = optax.chain(
+    tensor_galore(), optax.add_decayed_weights(1e-4), optax.scale_by_learning_rate(1e-3)
+  )
+  one_call = tensor_galore_adamw(1e-3)
+  plain = optax.chain(tensor_galore(**PLAIN), optax.scale_by_learning_rate(1e-3))
+  states = [tx.init(params) for tx in (chain, one_call, plain)]
+  for step in range(3):
+    grads = jax.tree.map(lambda p, k=step: p * (k + 1) + 0.1, params)
+    (a, states[0]), (b, states[1]), (c, states[2]) = (
+      jax.jit(tx.update)(grads, s, params) for tx, s in zip((chain, one_call, plain), states)
+    )
+    chex.assert_trees_all_equal(a, b)
+  assert float(jnp.linalg.norm(a["m"] - c["m"])) > 0.1 * float(jnp.linalg.norm(c["m"]))
+
+
+def test_numpy_ranks_and_integers_from_a_config_are_accepted():
+  params = {"w": jnp.ones((16, 12, 8))}
+  for rank in (np.int64(4), np.float32(0.25)):
+    state = tensor_galore(rank=rank, min_size=1).init(params)
+    assert [f.shape for f in state.factors["w"]] == [(16, 4)]
+
+
+def test_a_plan_warning_fires_once_per_leaf_at_init_and_points_at_the_caller():
+  """rank=100 cuts none of the modes of a leaf large enough to project: said once, at init,
+  attributed to this file; not again by eager updates nor by traces of the update."""
+  import warnings
+
+  params = {"w": jnp.ones((32, 32, 16, 9)), "v": jnp.ones((32, 32, 16, 9)), "b": jnp.ones(3)}
+  tx = tensor_galore(rank=100)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    state = tx.init(params)
+  messages = [str(w.message) for w in caught]
+  assert len(messages) == 2, messages  # one per large leaf, none for the bias
+  assert all("cuts none of its modes" in m for m in messages)
+  assert {m.split(" with shape")[0] for m in messages} == {"leaf ['w']", "leaf ['v']"}
+  assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    _, state = tx.update(params, state)
+    jax.jit(tx.update)(params, state)
+    jax.jit(optax.chain(tx).init)(params)  # a trace of init inside a chain warns; here once more
+  assert len([w for w in caught if "cuts none" in str(w.message)]) == 2
+
+
+def test_a_float_rank_too_fine_for_the_modes_says_the_real_fraction():
+  import warnings
+
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tensor_galore(rank=0.05, min_size=1).init({"w": jnp.ones((2, 2, 2))})
+  (message,) = [str(w.message) for w in caught]
+  assert "leaf ['w']" in message and "rank=0.05 keeps 0.125 of its entries" in message
+
+
+def test_extra_args_reach_the_base_optimizer():
+  seen = {}
+
+  def update(updates, state, params=None, *, note=None):
+    seen["note"] = note
+    return updates, state
+
+  base = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+  tx = tensor_galore(rank=0.5, min_size=1, base_optimizer=base)
+  params = {"w": jnp.ones((4, 4, 4))}
+  tx.update(params, tx.init(params), note="from the caller")
+  assert seen["note"] == "from the caller"
+
+
+def test_a_state_for_other_params_is_refused_naming_the_leaf():
+  tx = tensor_galore(rank=0.5, min_size=1)
+  state = tx.init({"w": jnp.ones((6, 5, 4))})
+  with raises_naming(ValueError, "leaf ['w']", "(8, 5, 4)", "initialised for other params"):
+    tx.update({"w": jnp.ones((8, 5, 4))}, state)
+  with raises_naming(ValueError, "does not match the params tree"):
+    tx.update({"v": jnp.ones((6, 5, 4))}, state)
+
+
+def test_flax_scanned_layers_get_their_own_factors_and_keep_their_layer_axis():
+  from flax import nnx
+
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def make(key):
+    return nnx.Linear(96, 192, rngs=nnx.Rngs(key))
+
+  layers = make(jax.random.split(jax.random.key(0), 4))
+  params = nnx.state(layers, nnx.Param)
+  (kernel,) = [x for x in jax.tree.leaves(params) if x.ndim == 3]
+  assert kernel.shape == (4, 96, 192)
+  for rank in (0.25, 8):
+    state = tensor_galore(rank=rank, min_size=1).init(params)
+    (factors,) = [f for f in jax.tree.leaves(state.factors) if f.ndim == 3]
+    assert factors.shape[:2] == (4, 96)  # every layer its own factor of its 96 inputs

@@ -1,7 +1,6 @@
 """Tests of the Tucker algebra: rank resolution, tensor views, projections."""
 
 import math
-import warnings
 
 import chex
 import jax
@@ -11,14 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensor_galore_optax import _tucker
+from tensor_galore_optax import _plan, _tucker
 from tensor_galore_optax._tucker import TuckerSpec
 
 
 @pytest.mark.parametrize(
   "rank, sizes, num_projected, expected",
   [
-    (4, (8, 3, 16), None, (4, None, 4)),  # ints are clipped; a mode kept whole is not projected
+    (4, (8, 3, 16), None, (4, None, None)),  # an int: the first mode it cuts, like a float
+    (4, (8, 3, 16), "all", (4, None, 4)),  # every mode it cuts; a mode kept whole is not projected
+    (8, (4, 8, 16), None, (None, None, 8)),  # the first mode that an int cuts
+    (100, (32, 32, 16, 9), None, (None, None, None, None)),  # cuts nothing
     (1.0, (8, 3, 16), None, (None, None, None)),  # full rank: nothing to project
     (0.25, (64, 64, 64, 33), None, (16, None, None, None)),  # the fewest modes: the first
     (0.25, (64, 64, 64, 33), "all", (46, 46, 46, 24)),  # the paper's: ceil(I * 0.25 ** (1/4))
@@ -38,9 +40,51 @@ def test_resolve_ranks(rank, sizes, num_projected, expected):
   assert _tucker.resolve_ranks(rank, sizes, num_projected, "t") == expected
 
 
-def test_modes_too_short_for_the_fraction_warn_naming_the_leaf():
-  with pytest.warns(UserWarning, match=r"leaf \['w'\].*keeps 0.25 of its entries"):
-    assert _tucker.resolve_ranks(0.1, (2, 2), None, "leaf ['w']") == (1, 1)
+@pytest.mark.parametrize(
+  "rank, expected",
+  [(np.int64(8), 8), (np.int32(3), 3), (np.float32(0.25), 0.25), ((np.int64(2), None), (2, None))],
+)
+def test_numpy_ranks_are_python_numbers(rank, expected):
+  canonical = _tucker.canonical_rank(rank)
+  assert canonical == expected
+  assert type(canonical) is type(expected)
+
+
+@pytest.mark.parametrize(
+  "shape, batch",
+  [
+    ((4, 32, 32, 16, 9), (0,)),  # a scanned FNO stack
+    ((12, 768, 3072), (0,)),  # a scanned transformer stack
+    ((3, 3, 64, 64), ()),  # a Flax convolution kernel leads with one of two equal axes
+    ((64, 64, 16, 9), ()),  # an FNO spectral weight
+    ((256, 512), ()),  # a matrix is never stacked
+  ],
+)
+def test_a_short_leading_axis_of_three_or_more_is_a_layer_axis(shape, batch):
+  assert _tucker.stacked_axes(shape) == batch
+  plan = _tucker.make_plan(shape, TuckerSpec(), 0.25, "t")
+  assert plan.batch_shape == tuple(shape[a] for a in batch)
+  # Named explicitly, none: the leading axis is a mode like the others.
+  assert _tucker.make_plan(shape, TuckerSpec(batch_axes=()), 0.25, "t").batch_shape == ()
+
+
+@pytest.mark.parametrize("rank", [0.25, 0.1, 8, 2])
+@pytest.mark.parametrize("shape", [(4, 32, 32, 16, 9), (12, 768, 3072), (2, 64, 64, 16, 9)])
+def test_a_default_never_cuts_a_layer_axis(shape, rank):
+  """Stacked leaves at the defaults, float and int ranks: the layer axis is a batch axis."""
+  plan = _tucker.make_plan(shape, TuckerSpec(), rank, "t")
+  assert plan.batch_shape == shape[:1]
+  assert plan.permutation[0] == 0
+
+
+def test_a_five_axis_leaf_whose_leading_axis_would_be_cut_is_named_in_a_note():
+  """Eight layers of (24, 24, 8, 5) weights: the leading axis is not the shortest, so nothing
+  tells it from a tensor; a default that would cut it says so, naming both answers."""
+  plan = _tucker.make_plan((8, 24, 24, 8, 5), TuckerSpec(), 0.25, "leaf ['w']")
+  assert plan.batch_shape == () and plan.ranks[0] is not None
+  note = _plan._note(plan, 0.25, "leaf ['w']", automatic=True)
+  assert "leaf ['w']" in note and "batch_axes=0" in note and "batch_axes=()" in note
+  assert _plan._note(plan, 0.25, "leaf ['w']", automatic=False) is None
 
 
 _SIZES = st.lists(st.integers(1, 80), min_size=1, max_size=5)
@@ -48,14 +92,14 @@ _SIZES = st.lists(st.integers(1, 80), min_size=1, max_size=5)
 
 @given(sizes=_SIZES, rank=st.sampled_from([0.05, 0.1, 0.25, 0.5, 0.75]))
 def test_a_float_rank_keeps_about_that_fraction_when_the_shape_allows(sizes, rank):
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    ranks = _tucker.resolve_ranks(rank, sizes, None, "t")
+  plan = _tucker.make_plan(sizes, TuckerSpec(batch_axes=()), rank, "t")
+  ranks = plan.ranks
   kept = math.prod(r or i for r, i in zip(ranks, sizes)) / math.prod(sizes)
   # Never a mode rotated whole: a projected mode is cut.
   assert all(r is None or r < i for r, i in zip(ranks, sizes))
-  # The fraction asked for, give or take the rounding, or a warning that says how much.
-  assert kept <= 1.5 * rank or [w for w in caught if "keeps" in str(w.message)]
+  # The fraction asked for, give or take the rounding, or a note (a warning at init) saying so.
+  note = _plan._note(plan, rank, "t")
+  assert kept <= 1.5 * rank or (note and (f"keeps {kept:.3g}" in note or "cuts none" in note))
   # A mode as long as a quarter of the budget's inverse can alone keep about the fraction.
   if any(i * rank >= 4 and i * i <= math.prod(sizes) for i in sizes):
     assert 0.5 * rank <= kept <= 1.25 * rank
