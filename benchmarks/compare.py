@@ -1,12 +1,12 @@
-"""Compares every optimizer of the example on the same data, seed and model.
+"""Compares the projected optimizer variants on the same data, seed and model, at several ranks.
 
 Run from the repository root::
 
   python -m benchmarks.compare --ranks 0.25 --out runs/compare
 
-AdamW trains once; at each rank, every other optimizer of the example
-(`optimizers.OPTIMIZERS`): Tensor-GaLore (every mode), the input channels only
-(the recommended setting), the library's defaults, and matrix GaLore
+AdamW trains once; at each rank, every variant with a rank
+(`benchmarks.variants`): Tensor-GaLore (every mode), the input channels only,
+the library's defaults, and matrix GaLore
 (``optax.contrib.galore``'s side, at the int rank whose optimizer state is
 closest in bytes to Tensor-GaLore's at that rank). FNO presets only. Every
 other flag is ``python -m benchmarks.train``'s and applies to all runs. Each run
@@ -45,8 +45,8 @@ def runs(config: configs.Config, ranks: list[float]) -> list[configs.Config]:
   out = pathlib.Path(config.out)
   result = [dataclasses.replace(config, optimizer="adamw", rank=None, out=str(out / "adamw"))]
   for rank in ranks:
-    for name in optimizers.OPTIMIZERS:
-      if name == "adamw":
+    for name, variant in optimizers.OPTIMIZERS.items():
+      if variant.default_rank is None:  # AdamW trains once; Adafactor has no rank
         continue
       # rank=None makes GaLore match Tensor-GaLore's state bytes at tensor_rank.
       own_rank = None if name == "galore" else rank

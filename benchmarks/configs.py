@@ -109,10 +109,9 @@ class Config:
     metavar="R",
     bound="positive",
   )
-  # About four refreshes per default run: the factors follow the gradient's
-  # subspace as it drifts, without paying for a decomposition every epoch.
+  # The library's default, as the demo's.
   update_proj_gap: int = _field(
-    100, "steps between factor refreshes", metavar="T", bound="positive"
+    200, "steps between factor refreshes", metavar="T", bound="positive"
   )
   scale: float | str = _field(
     "matched",

@@ -96,7 +96,7 @@ class RecipeFNO(model.FNO):
     self.scan_layers, self.pointwise_chunk = scan_layers, pointwise_chunk
     self.n_layers = len(self.blocks)
     if dtype is not None:
-      for _, module in self.iter_modules():
+      for _, module in nnx.iter_modules(self):
         if isinstance(module, nnx.Linear):
           module.dtype = dtype
     if scan_layers:

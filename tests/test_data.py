@@ -1,8 +1,10 @@
-"""Tests of the FNO example data: solvers against exact solutions, files, CLI, cache."""
+"""Tests of the FNO example's data: solvers against exact solutions, files, CLI, cache."""
 
 from __future__ import annotations
 
 import json
+import pathlib
+import subprocess
 import sys
 import types
 
@@ -11,19 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.fno import data
+from examples.fno import darcy, data, navier_stokes
 
 
 def _taylor_green(n: int, dtype) -> jax.Array:
   """``cos(2 pi x) cos(2 pi y)``: wavenumbers (+-1, +-1) only, so ``psi`` is
   proportional to ``w`` and the advection ``u . grad w`` vanishes."""
-  c = jnp.cos(2 * jnp.pi * data.torus_grid(n, dtype))
+  c = jnp.cos(2 * jnp.pi * navier_stokes.torus_grid(n, dtype))
   return c[:, None] * c[None, :]
 
 
 def _kinetic_energy(w: jax.Array) -> jax.Array:
   """Mean of ``|u|^2 / 2`` over the torus, per field."""
-  u, v = data.velocity(w)
+  u, v = navier_stokes.velocity(w)
   return 0.5 * jnp.mean(u**2 + v**2, axis=(-2, -1))
 
 
@@ -36,7 +38,9 @@ def test_taylor_green_decays_at_the_exact_rate(x64, tol):
   with jax.enable_x64(x64):
     dtype = jnp.float64 if x64 else jnp.float32
     w0 = _taylor_green(16, dtype)
-    w = data.navier_stokes(w0, viscosity=nu, dt=dt, n_steps=n_steps, n_snapshots=4, forcing=False)
+    w = navier_stokes.navier_stokes(
+      w0, viscosity=nu, dt=dt, n_steps=n_steps, n_snapshots=4, forcing=False
+    )
     assert w.dtype == dtype and w.shape == (16, 16, 4)
     times = dt * n_steps * np.arange(1, 5) / 4
     exact = np.asarray(w0)[..., None] * np.exp(-8 * np.pi**2 * nu * times)
@@ -48,11 +52,13 @@ def test_forcing_drives_its_mode_to_the_exact_solution():
   # w(t) = f (1 - exp(-nu L t)) / (nu L) with L = 8 pi^2, exactly.
   nu, dt, n_steps = 1e-2, 5e-4, 2000
   with jax.enable_x64(True):
-    w = data.navier_stokes(jnp.zeros((16, 16), jnp.float64), viscosity=nu, dt=dt, n_steps=n_steps)[
-      ..., -1
-    ]
+    w = navier_stokes.navier_stokes(
+      jnp.zeros((16, 16), jnp.float64), viscosity=nu, dt=dt, n_steps=n_steps
+    )[..., -1]
     decay = nu * 8 * np.pi**2
-    exact = data.benchmark_forcing(16, jnp.float64) * -np.expm1(-decay * dt * n_steps) / decay
+    exact = (
+      navier_stokes.benchmark_forcing(16, jnp.float64) * -np.expm1(-decay * dt * n_steps) / decay
+    )
     np.testing.assert_allclose(np.asarray(w), np.asarray(exact), rtol=0, atol=1e-8)
 
 
@@ -64,11 +70,13 @@ def test_inviscid_energy_drift_is_first_order_in_dt():
   noise = np.random.default_rng(0).standard_normal((2, 2, n, n), np.float32)
   k = np.abs(np.fft.fftfreq(n, 1.0 / n))
   band = (k[:, None] <= n / 3) & (k[None, :] <= n / 3)
-  w0 = 10 * jnp.fft.ifft2(jnp.fft.fft2(data.gaussian_random_field(noise)) * band).real
+  w0 = 10 * jnp.fft.ifft2(jnp.fft.fft2(navier_stokes.gaussian_random_field(noise)) * band).real
   e0 = _kinetic_energy(w0)
   drifts = []
   for n_steps in (200, 400):
-    w = data.navier_stokes(w0, viscosity=0.0, dt=1.0 / n_steps, n_steps=n_steps, forcing=False)
+    w = navier_stokes.navier_stokes(
+      w0, viscosity=0.0, dt=1.0 / n_steps, n_steps=n_steps, forcing=False
+    )
     drifts.append(float(jnp.max(jnp.abs(_kinetic_energy(w[..., -1]) / e0 - 1))))
   assert 1.5 < drifts[0] / drifts[1] < 2.6, drifts
 
@@ -79,9 +87,9 @@ def test_random_field_spectrum_matches_the_eigenvalues():
   # ifft2's 1 / n^2), and Var w(x) = sum_k sqrt_eig_k^2 / n^4.
   n, m = 32, 4000
   noise = np.random.default_rng(1).standard_normal((m, 2, n, n), np.float32)
-  w = np.asarray(data.gaussian_random_field(noise), np.float64)
+  w = np.asarray(navier_stokes.gaussian_random_field(noise), np.float64)
   power = np.mean(np.abs(np.fft.fft2(w)) ** 2, axis=0)
-  eig = np.asarray(data.grf_sqrt_eig(n), np.float64) ** 2
+  eig = np.asarray(navier_stokes.grf_sqrt_eig(n), np.float64) ** 2
   assert eig[0, 0] == 0 and np.abs(w.mean(axis=(1, 2))).max() < 1e-6
   ratio = power[eig > 0] / eig[eig > 0]
   # Each ratio averages m exponential variables: standard deviation 1/sqrt(m).
@@ -91,9 +99,9 @@ def test_random_field_spectrum_matches_the_eigenvalues():
 
 
 def test_stable_dt_takes_the_tightest_bound():
-  assert data.stable_dt(0.1, viscosity=1e-3, dx=1 / 64) == data.NS_DT_MAX
-  assert data.stable_dt(1.0, viscosity=1e-2, dx=1 / 64) == pytest.approx(0.5 / 64)
-  assert data.stable_dt(1.0, viscosity=1e-3, dx=1 / 64) == pytest.approx(1e-3)
+  assert navier_stokes.stable_dt(0.1, viscosity=1e-3, dx=1 / 64) == navier_stokes.NS_DT_MAX
+  assert navier_stokes.stable_dt(1.0, viscosity=1e-2, dx=1 / 64) == pytest.approx(0.5 / 64)
+  assert navier_stokes.stable_dt(1.0, viscosity=1e-3, dx=1 / 64) == pytest.approx(1e-3)
 
 
 # ---------------------------------------------------------------- Darcy
@@ -111,7 +119,7 @@ def _series_solution(n: int, a: float, modes: int = 401) -> np.ndarray:
 def test_darcy_constant_coefficient_converges_to_the_series_solution():
   errors = []
   for n in (17, 33, 65):
-    u = data.solve_darcy(np.full((n, n), 3.0))
+    u = darcy.solve_darcy(np.full((n, n), 3.0))
     errors.append(np.abs(u - _series_solution(n, 3.0)).max())
   assert errors[-1] < 1e-5
   for coarse, fine in zip(errors, errors[1:], strict=False):
@@ -119,9 +127,9 @@ def test_darcy_constant_coefficient_converges_to_the_series_solution():
 
 
 def test_darcy_coefficient_is_thresholded():
-  a = data.darcy_coefficient(np.random.default_rng(0), 33, a_high=5.0, a_low=1.0)
+  a = darcy.darcy_coefficient(np.random.default_rng(0), 33, a_high=5.0, a_low=1.0)
   assert set(np.unique(a)) == {1.0, 5.0}
-  u = data.solve_darcy(a)
+  u = darcy.solve_darcy(a)
   assert np.all(u[0] == 0) and np.all(u[:, -1] == 0) and np.all(u[1:-1, 1:-1] > 0)
 
 
@@ -318,6 +326,14 @@ def test_cli_round_trip_darcy(tmp_path):
   loaded = data.load_dataset(out)
   assert set(np.unique(loaded.x_train)) <= {3.0, 12.0}
   assert np.all(loaded.y_train[:, 0] == 0) and np.all(loaded.y_train[:, 1:-1, 1:-1] > 0)
+
+
+def test_the_file_runs_as_a_script_from_anywhere(tmp_path):
+  # ``python examples/fno/data.py``: no package, the solver modules sit beside the file.
+  script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "fno" / "data.py"
+  argv = ["darcy", "--n-train", "2", "--n-test", "1", "--resolution", "5", "--out", "d.npz"]
+  subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, check=True, timeout=300)
+  assert data.load_dataset(tmp_path / "d.npz").x_train.shape == (2, 5, 5)
 
 
 def test_cli_without_out_uses_the_cache(tmp_path):

@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
     optimizer=args.optimizer,
     lr=args.lr,
     optimizer_state_bytes=optimizer_state_bytes(optimizer, params),
-    adamw_state_bytes=optimizer_state_bytes(optax.adamw(args.lr), params),
+    adamw_state_bytes=optimizer_state_bytes(optax.adamw(schedule), params),
     seconds=time.perf_counter() - start,
     history=history,
   )
