@@ -13,7 +13,7 @@ The problem: an FNO-like parameter tree (a complex ``(32, 32, 8, 5)`` spectral w
 every process, learns a teacher from a global batch of which each process loads its rows.
 ``--data gap`` gives gradients whose singular values along the projected modes are distinct
 and end in a clear gap where ``rank=0.25`` cuts, as real gradients' spectra decay; ``--data
-plateau`` the same gap below kept singular values that are all nearly equal; ``--data flat`` a
+plateau`` the same gap below kept singular values within 10% of each other; ``--data flat`` a
 flat spectrum, all singular values nearly equal.
 
 What runs, in this order, each part writing ``DIR/<part>.p<process id>.npz``:
@@ -164,11 +164,15 @@ class _Run:
     params, state = self._init("galore")
     losses, spectra = [], []
     params, state = self._train("galore", params, state, 0, CHECKPOINT_STEP, losses, spectra)
+    _log(self.args, f"train: step {CHECKPOINT_STEP}")
     step10 = {"params": params, "opt_state": state}
     self.checkpointer.save(self.args.out / "checkpoint", step10)
     self.checkpointer.wait_until_finished()
+    _log(self.args, "train: checkpoint written")
     params, state = self._train("galore", params, state, CHECKPOINT_STEP, STEPS, losses, spectra)
+    _log(self.args, f"train: step {STEPS}")
     adamw_params, _ = self._train("adamw", *self._init("adamw"), 0, STEPS, [])
+    _log(self.args, f"train: AdamW, step {STEPS}")
     self._save(
       "train",
       {
@@ -243,9 +247,9 @@ def _teachers(data):
 
   "gap": rank ``TEACHER_RANK`` there, with singular values ``r, r - 1, ..., 1`` (times a
   scale): distinct, evenly spaced, then nothing, so that neither the subspace nor any basis
-  vector inside it is ill-conditioned. "plateau": the same rank, all its singular values
-  equal: the subspace is well defined, the basis inside it is not. "flat": a Gaussian
-  teacher, whose singular values are all close to each other.
+  vector inside it is ill-conditioned. "plateau": the same rank, its singular values evenly
+  spaced from 1 down to 0.9: the subspace is well defined, the basis inside it is not.
+  "flat": a Gaussian teacher, whose singular values are all close to each other.
   """
   rng = np.random.default_rng(1)
   teachers = {}
@@ -255,7 +259,7 @@ def _teachers(data):
     if data in ("gap", "plateau"):
       r = TEACHER_RANK[name]
       u, v = _orthonormal(rng, rows, r, cplx), _orthonormal(rng, cols, r, cplx)
-      singular_values = np.arange(r, 0, -1) if data == "gap" else np.ones(r)
+      singular_values = np.arange(r, 0, -1) if data == "gap" else np.linspace(1, 0.9, r)
       unfolded = (u * singular_values) @ v.conj().T
     else:
       unfolded = _complex_normal(rng, (rows, cols)) if cplx else rng.standard_normal((rows, cols))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import signal
 import sys
 
 import jax
@@ -109,8 +110,16 @@ def main(argv=None) -> int:
   )
   if args.cluster:
     jax.distributed.initialize()  # SLURM, Open MPI, TPU, GKE: read from the environment
-  elif args.process_id is not None:
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  elif args.process_id is not None:  # one of the processes --num-processes started
+    jax.distributed.initialize(
+      coordinator_address=args.coordinator,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+    )
+  if args.batch_size % jax.device_count():
+    raise SystemExit(
+      f"--batch-size {args.batch_size} does not split over {jax.device_count()} devices"
+    )
 
   mesh = Mesh(np.array(jax.devices()), ("fsdp",))  # every device of every process
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make_model(args.seed)))
@@ -140,10 +149,7 @@ def main(argv=None) -> int:
   manager = ocp.CheckpointManager(args.checkpoint_dir.absolute())
   start = manager.latest_step() or 0
   if start:
-    target = {
-      "params": abstract,
-      "opt_state": jax.eval_shape(tx.init, abstract),
-    }
+    target = {"params": abstract, "opt_state": jax.eval_shape(tx.init, abstract)}
     shardings = {"params": param_shardings, "opt_state": state_shardings}
     target = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings
@@ -187,5 +193,7 @@ def _start_processes(args, argv) -> int:
     + ["--process-id", str(i)]
     for i in range(args.num_processes)
   ]
+  # `kill` stops the processes too: SystemExit runs `run_processes`'s clean-up.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   run_processes(commands, env={**os.environ, "JAX_PLATFORMS": "cpu"}, echo=0)
   return 0
