@@ -439,7 +439,8 @@ def stacked_axes(shape: Sequence[int]) -> tuple[int, ...]:
   themselves rarely lead with their shortest axis (a Flax convolution kernel
   ``(3, 3, in, out)`` leads with one of two equal ones).
   """
-  return (0,) if len(shape) >= 3 and all(shape[0] < s for s in shape[1:]) else ()
+  stacked = len(shape) >= 3 and 2 <= shape[0] and all(shape[0] < s for s in shape[1:])
+  return (0,) if stacked else ()
 
 
 def make_plan(shape: Sequence[int], spec: TuckerSpec, default_rank: Rank, where: str) -> TuckerPlan:

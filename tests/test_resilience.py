@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensor_galore_optax import TuckerSpec, _tucker, tensor_galore, tensor_galore_adamw, tree_bytes
+from tensor_galore_optax import TuckerSpec, _tucker, tensor_galore, tensor_galore_adamw
+from tensor_galore_optax._memory import tree_bytes
 
 GAP = 3
 
@@ -301,7 +302,9 @@ def test_zero_gradients_give_finite_updates_and_orthonormal_factors():
 
 
 EXTREME = {  # shape, rank, factor shapes as documented (see `tensor_galore`'s rank)
-  "wide": ((2, 4096), 8, [(4096, 8)]),  # a mode that the rank keeps whole is not projected
+  # A matrix projects its smaller side; 8 cannot cut a side of 2, and the long side's factor
+  # (4096 x 8) would hold more than the moments it saves: not projected.
+  "wide": ((2, 4096), 8, []),
   "tall": ((4096, 2), (16, None), [(4096, 16)]),
   "tall_3d": ((4096, 1, 3), 4, [(4096, 4)]),
   # The fewest modes: the 64 is longer than the rest together (512 / 64), so the 8 comes first.
@@ -309,6 +312,9 @@ EXTREME = {  # shape, rank, factor shapes as documented (see `tensor_galore`'s r
   "unit_modes_tuple": ((1, 64, 1, 8), (None, 0.25, None, 2), [(64, 16), (8, 2)]),
   "rank_above_modes": ((8, 6, 4), 100, []),  # every mode whole: nothing projected
 }
+
+
+@pytest.mark.filterwarnings("ignore:.*cuts none of its modes")
 
 
 def test_extreme_shapes_and_ranks():
@@ -331,11 +337,14 @@ def test_extreme_shapes_and_ranks():
     _assert_orthonormal(factor)
 
 
-def test_a_rank_above_every_mode_is_lossless():
+def test_a_rank_above_every_mode_leaves_the_leaf_unprojected_and_says_so():
   grads = {"w": _complex_normal(jax.random.key(2), (8, 6, 4))}
   tx = tensor_galore(rank=100, min_size=1, base_optimizer=optax.identity())
-  updates, _ = tx.update(grads, tx.init(grads))
-  chex.assert_trees_all_close(updates, grads, atol=1e-5)
+  with pytest.warns(UserWarning, match=r"leaf \['w'\].*rank=100 cuts none of its modes"):
+    state = tx.init(grads)
+  assert state.factors["w"] == ()
+  updates, _ = tx.update(grads, state)
+  chex.assert_trees_all_equal(updates, grads)  # identity on an unprojected leaf: bitwise
 
 
 def test_float16_params_train_finitely_with_a_representable_eps():
@@ -467,7 +476,12 @@ def test_property_identity_base_gives_an_orthogonal_projection(case):
   shape, rank, dtype, seed = case
   g = _gradient(shape, dtype, seed)
   tx = tensor_galore(
-    rank=rank, min_size=1, spec={"w": TuckerSpec()}, base_optimizer=optax.identity()
+    rank=rank,
+    min_size=1,
+    spec={"w": TuckerSpec()},
+    base_optimizer=optax.identity(),
+    scale=1.0,
+    residual_scale=None,
   )
   update = jax.jit(tx.update)
   state = jax.jit(tx.init)({"w": g})
@@ -496,11 +510,11 @@ def test_donated_step_reuses_params_and_state_buffers():
     output buffer is an input buffer reused in place, so the step never holds
     a second full-size copy of the parameters or of the optimizer state.
   * ``output_size - alias_size`` is at most 1 KiB: nothing else is output.
-  * ``temp_size_in_bytes`` is at most 5x the parameters' bytes: the scratch of
-    the projection and of the refresh (an unfolding, a partially projected
-    tensor, the back-projected update) is a few gradient-sized buffers, never a
-    dense ``I_n x prod(other modes)`` square or a copy of every mode's unfolding.
-    XLA:CPU measures 3.7x for this model (``docs/scaling.md``).
+
+  How much scratch XLA takes (``temp_size_in_bytes``) is XLA's choice, not a
+  contract: it is measured in ``benchmarks/memory.py``, not here. The donated
+  step is also executed: the donated inputs are consumed, and the results
+  equal those of the step without donation.
   """
   params = {
     "spectral": jnp.ones((32, 32, 16, 9), jnp.complex64),
@@ -519,8 +533,14 @@ def test_donated_step_reuses_params_and_state_buffers():
   params_and_state = tree_bytes(params) + tree_bytes(state)
   assert memory.alias_size_in_bytes == params_and_state
   assert memory.output_size_in_bytes - memory.alias_size_in_bytes <= 1024
-  assert memory.temp_size_in_bytes <= 5 * tree_bytes(params), memory.temp_size_in_bytes
   # Without donation nothing is aliased: the outputs are new buffers.
-  undonated = jax.jit(step).lower(params, state, params).compile().memory_analysis()
-  assert undonated.alias_size_in_bytes == 0
-  assert undonated.output_size_in_bytes >= params_and_state
+  undonated = jax.jit(step).lower(params, state, params).compile()
+  assert undonated.memory_analysis().alias_size_in_bytes == 0
+  grads = jax.tree.map(lambda p: 0.5 * p + 0.1, params)
+  expected = undonated(params, state, grads)
+  donated_params = jax.tree.map(jnp.copy, params)
+  donated_state = jax.tree.map(jnp.copy, state)
+  result = compiled(donated_params, donated_state, grads)
+  assert all(x.is_deleted() for x in jax.tree.leaves(donated_params))
+  chex.assert_trees_all_equal(result, expected)  # the same program, bitwise
+  assert undonated.memory_analysis().output_size_in_bytes >= params_and_state
