@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from tensor_galore_optax import _moments, _plan, _refresh, _residual, _sharding, _tucker
-from tensor_galore_optax._plan import MATCHED, SpecLike, TreePlan
+from tensor_galore_optax._plan import MATCHED, SpecLike
 from tensor_galore_optax._state import TensorGaLoreState, as_state
 from tensor_galore_optax._tucker import Rank, TuckerPlan
 
@@ -70,9 +70,7 @@ def _check_scale(scale) -> Scale:
     return scale
   if isinstance(scale, jax.Array):  # optax.inject_hyperparams hands hyper-parameters over traced
     return scale
-  if not (
-    isinstance(scale, numbers.Real) and not isinstance(scale, bool) and 0 < scale < math.inf
-  ):
+  if not (isinstance(scale, numbers.Real) and not isinstance(scale, bool) and 0 < scale < math.inf):
     raise ValueError(f"scale must be a positive number or {MATCHED!r}, got {scale!r}.")
   return float(scale)
 

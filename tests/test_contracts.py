@@ -13,12 +13,11 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
 from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
-from tensor_galore_optax._tucker import back_project, project, unfold
+from tensor_galore_optax._tucker import back_project, project
 
 # Every mode the rank can cut, as in the paper (the default projects the fewest that reach it).
 EVERY_MODE = TuckerSpec(num_projected="all")

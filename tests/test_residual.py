@@ -22,7 +22,9 @@ def _grads(seed=0):
 
 
 def _update(residual_scale, grads=None, **kwargs):
-  tx = tensor_galore(rank=0.25, min_size=100, scale="matched", residual_scale=residual_scale, **kwargs)
+  tx = tensor_galore(
+    rank=0.25, min_size=100, scale="matched", residual_scale=residual_scale, **kwargs
+  )
   grads = _grads() if grads is None else grads
   return jax.jit(tx.update)(grads, tx.init(PARAMS)), grads
 

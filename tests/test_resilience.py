@@ -315,8 +315,6 @@ EXTREME = {  # shape, rank, factor shapes as documented (see `tensor_galore`'s r
 
 
 @pytest.mark.filterwarnings("ignore:.*cuts none of its modes")
-
-
 def test_extreme_shapes_and_ranks():
   spec = {k: TuckerSpec(rank=rank) for k, (_, rank, _) in EXTREME.items()}
   tx = tensor_galore_adamw(1e-2, min_size=1, update_proj_gap=2, spec=spec)

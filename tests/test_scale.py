@@ -80,5 +80,3 @@ def test_matched_runs_under_inject_hyperparams():
   # The same arithmetic, injected or not (the decay rates are arrays either way; the learning
   # rate is a float32 array injected, a Python float here): a few float32 ulps.
   chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=1e-9)
-
-

@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
+from _helpers import normal as _complex_normal
+from _helpers import raises_naming
 
 from tensor_galore_optax import (
   TensorGaLoreState,
@@ -17,10 +19,6 @@ from tensor_galore_optax import (
   tensor_galore,
   tensor_galore_adamw,
 )
-
-
-from _helpers import normal as _complex_normal
-from _helpers import raises_naming
 
 # The projection alone: GaLore's unscaled update, no residual step.
 PLAIN = {"scale": 1.0, "residual_scale": None}
