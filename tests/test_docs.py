@@ -3,19 +3,21 @@
 Convention for code blocks in ``README.md`` and ``docs/*.md``:
 
 * a block fenced with ```` ```python ```` is executed here, one test per block,
-  named ``file:line``. The blocks of one file run in order in one shared
-  namespace, so a block can use the names defined by the blocks above it;
+  named ``file:line``, each alone in a fresh interpreter (as a reader who
+  copies that one block would run it): a block imports and defines everything
+  it uses;
 * a block that must not run (a multi-host launch, a long training command, a
   fragment) is fenced with ```` ```py ```` instead: it is highlighted the same
   way on the site and skipped here. ```` ```bash ```` and other languages are
   never run.
 
 Every executed block should take at most a few seconds on a CPU: use small
-shapes.
+shapes, and few blocks (each starts an interpreter and imports JAX).
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -56,41 +58,31 @@ def _relative(path: pathlib.Path) -> str:
 
 
 _BLOCKS = {path: _python_blocks(path) for path in DOC_FILES}
-_CASES = [(path, index) for path, blocks in _BLOCKS.items() for index in range(len(blocks))]
-# Per file: the shared namespace, how many of its blocks have run in it, and
-# the line of the first one that failed (None while all pass).
-_STATE: dict[pathlib.Path, list] = {}
-
-
-def _run(path: pathlib.Path, index: int, namespace: dict) -> None:
-  line, code = _BLOCKS[path][index]
-  exec(compile(code, f"{_relative(path)}:{line}", "exec"), namespace)  # noqa: S102
 
 
 @pytest.mark.parametrize(
   ("path", "index"),
-  [pytest.param(p, i, id=f"{_relative(p)}:{_BLOCKS[p][i][0]}") for p, i in _CASES],
+  [
+    pytest.param(path, i, id=f"{_relative(path)}:{line}")
+    for path, blocks in _BLOCKS.items()
+    for i, (line, _) in enumerate(blocks)
+  ],
 )
-def test_code_block_runs(path, index):
-  # A block may use the names of the blocks above it. They normally ran just
-  # before (pytest keeps the parametrisation order); when they did not (a
-  # `-k` selection, pytest-xdist), they are run here first.
-  fresh = [{"__name__": f"docs_{path.stem}"}, 0, None]
-  state = _STATE.setdefault(path, fresh)
-  if state[1] > index:  # Out of order: start again from the top.
-    state = _STATE[path] = fresh
-  if state[2] is not None:
-    pytest.skip(f"an earlier block ({_relative(path)}:{state[2]}) failed")
-  while state[1] <= index:
-    current = state[1]
-    state[1] += 1
-    try:
-      _run(path, current, state[0])
-    except Exception:
-      state[2] = _BLOCKS[path][current][0]
-      if current < index:
-        pytest.skip(f"an earlier block ({_relative(path)}:{state[2]}) failed")
-      raise
+def test_code_block_runs_alone(path, index, tmp_path):
+  line, code = _BLOCKS[path][index]
+  # A file named after the block, so that a traceback points at the page and the line.
+  script = tmp_path / f"{_relative(path).replace('/', '_')}_line{line}.py"
+  script.write_text(code, encoding="utf-8")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+  result = subprocess.run(
+    [sys.executable, str(script)],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, f"{_relative(path)}:{line} failed:\n{result.stderr[-4000:]}"
 
 
 def test_fence_parser_sees_blocks():
