@@ -71,6 +71,7 @@ def _select(arrays, prefix, kind="global"):
 
 
 def _assert_bit_equal(a, b, what):
+  assert a, f"{what}: nothing to compare"
   assert a.keys() == b.keys(), (what, sorted(a.keys() ^ b.keys()))
   different = [k for k in a if not np.array_equal(a[k], b[k])]
   assert not different, f"{what}: not bit-equal at {different}"
