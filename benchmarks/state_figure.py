@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{name.replace(chr(10), ' '):28s} {b:>12,d} bytes  {m:8.1f} MiB  {b / rows[0][1]:.3f}x")
   print(f"{'parameters':28s} {tree_bytes(params):>12,d} bytes")
 
-  fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=150)
+  fig, ax = plt.subplots(figsize=(7.8, 3.4), dpi=150)
   bars = ax.bar(
     [n for n, _ in rows], mib, color=["#888888"] + ["#3f6fb5"] * len(RANKS) + ["#b5813f"]
   )

@@ -178,11 +178,6 @@ def check_config(config: Config) -> None:
     ConfigError: Saying what is wrong.
   """
   configs.validate(config)
-  if config.scan_layers and config.optimizer == "tensor_galore_defaults":
-    raise ConfigError(
-      "--scan-layers stacks the spectral weights on a layer axis, which the library's defaults "
-      "would project as a mode: use another --optimizer with it"
-    )
   if not isinstance(model_config(config), model.FNOConfig):
     if optimizers.spectral_only(config.optimizer):
       raise ConfigError(
