@@ -145,6 +145,14 @@ OPTIMIZERS: dict[str, Optimizer] = {
   ),
 }
 
+# The library's named settings: keyword arguments of `tensor_galore_adamw` besides the rate,
+# each a point measured on the frontier (written to settings.json by --plot).
+SETTINGS = {
+  "default": {"rank": 0.25},
+  "small": {"rank": 0.1},
+  "smallest": {"rank": 0.05},
+}
+
 # The order in which `--task` trains when no --optimizers are named: the peers and the
 # library's ranks first, the levers after.
 DEFAULT_ORDER = (
@@ -446,9 +454,10 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
     for p in sorted(points, key=lambda p: p["state"]):
       sweep = ", ".join(f"{lr:g}: {_fmt(e, '.4f')}" for lr, e in p["sweep"].items())
       edge = " (edge)" if p["edge"] else ""
+      spread = f" +- {_fmt(p['std'], '.4f')}" if len(p["errors"]) > 1 else ""
       lines.append(
         f"| {p['optimizer']} | `{p['call']}` | {p['lr']:g}{edge} | "
-        f"{_fmt(p['mean'], '.4f')} +- {_fmt(p['std'], '.4f')} ({len(p['errors'])}) | "
+        f"{_fmt(p['mean'], '.4f')}{spread} ({len(p['errors'])}) | "
         f"{_fmt(p['error_ratio'])} | {p['state']:.3f} | {_fmt(p['time_ratio'], '.2f')} | {sweep} |"
       )
     notes = [f"- {p['optimizer']}: {p['note']}" for p in points if p["note"]]
@@ -493,11 +502,12 @@ def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
 
 
 def collect() -> None:
-  """Writes frontier.png, frontier.md and frontier.json (the points) from the runs."""
+  """Writes frontier.png, frontier.md, frontier.json (the points) and settings.json."""
   points = {t: summarise(t) for t in frontier_tasks.TASKS}
   plot(points, RESULTS / "frontier.png")
   (RESULTS / "frontier.md").write_text(markdown(points))
   (RESULTS / "frontier.json").write_text(json.dumps(points, indent=1))
+  (RESULTS / "settings.json").write_text(json.dumps(SETTINGS, indent=2) + "\n")
   print((RESULTS / "frontier.md").read_text())
 
 

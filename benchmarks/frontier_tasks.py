@@ -261,7 +261,8 @@ TASKS: dict[str, Task] = {
     fno16,
     epochs=20,
     batch_size=20,
-    lrs=(3e-3, 1e-2, 3e-2),
+    # 3e-3 to 3e-2 left every Adam-like optimizer best at 3e-2, the edge: shifted up.
+    lrs=(1e-2, 3e-2, 1e-1),
     settings=dict(data=DARCY16, model=FNO16),
   ),
   "burgers": Task(
