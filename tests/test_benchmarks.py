@@ -646,3 +646,35 @@ def test_every_committed_study_re_makes_its_committed_table(tmp_path, monkeypatc
     (tmp_path / f"{name}.json").write_text((committed / f"{name}.json").read_text())
     table = accuracy.collect(name)
     assert table + "\n" == (committed / f"{name}.md").read_text(), name
+
+
+# --------------------------------------------------------------------------
+# The summary table
+# --------------------------------------------------------------------------
+
+
+def test_the_summary_puts_each_result_against_adamws(tmp_path, monkeypatch):
+  from benchmarks import summary
+
+  monkeypatch.setattr(summary, "RESULTS", tmp_path)
+  monkeypatch.setattr(summary, "DEMO", tmp_path / "demo_ns64.json")
+  for name, error, state in (("adamw", 0.010, 100), ("tensor_galore", 0.011, 20)):
+    run = tmp_path / name
+    run.mkdir()
+    metrics = dict(optimizer=name, lr=0.024, test_rel_l2=error, optimizer_state_bytes=state)
+    metrics.update(adamw_state_bytes=100, seconds=600.0, history=[{"test_rel_l2": error}])
+    (run / "metrics.json").write_text(json.dumps(metrics))
+  summary.record_demo([str(tmp_path / "adamw"), str(tmp_path / "tensor_galore")])
+  rows = [
+    {"optimizer": n, "recipe": "none", "step_vs_adamw": m, "state_vs_adamw": s}
+    for n, m, s in (("adamw", 1.0, 1.0), ("tensor_galore_defaults", 0.98, 0.2))
+  ]
+  (tmp_path / "memory_small.json").write_text(json.dumps({"rows": rows}))
+  monkeypatch.setattr(summary.accuracy, "load_runs", lambda name: [])  # no layers data
+  lines = {
+    line.split(" | ")[1]: line.split(" | ")[2:] for line in summary.table().splitlines()[2:5]
+  }
+  # error x AdamW, state x AdamW, step time (not measured), compiled step memory
+  assert lines["`tensor_galore_adamw` (defaults)"] == ["1.10", "0.200", "-", "0.980 |"]
+  assert lines["`optax.adafactor` (factored)"] == ["-", "-", "-", "- |"]
+  assert "| 0.0110 | 1.10 | 0.200 | 10 |" in summary.demo_table()
