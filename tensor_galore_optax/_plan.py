@@ -32,8 +32,8 @@ SpecLike = TuckerSpec | optax.Params | Callable[[optax.Params], Any] | None
 
 
 def describe(path) -> str:
-  """``leaf ['a']['b']``: how messages name a leaf."""
-  return f"leaf {jax.tree_util.keystr(path)}"
+  """``leaf ['a']['b']``: how messages name a leaf (a bare array is "the params leaf")."""
+  return f"leaf {jax.tree_util.keystr(path)}" if path else "the params leaf"
 
 
 class TreePlan(NamedTuple):

@@ -15,17 +15,14 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from _helpers import normal as _complex_normal
+from _helpers import projector
 
 from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
 from tensor_galore_optax._tucker import back_project, project
 
 # Every mode the rank can cut, as in the paper (the default projects the fewest that reach it).
 EVERY_MODE = TuckerSpec(num_projected="all")
-
-
-def _complex_normal(key, shape, dtype=jnp.complex64):
-  kr, ki = jax.random.split(key)
-  return (jax.random.normal(kr, shape) + 1j * jax.random.normal(ki, shape)).astype(dtype)
 
 
 def _low_rank(key, shape, ranks, dtype=jnp.complex64):
@@ -40,8 +37,7 @@ def _low_rank(key, shape, ranks, dtype=jnp.complex64):
   return t, spaces
 
 
-def _projector(u):
-  return u @ u.conj().T
+_projector = projector
 
 
 # --- scale ---------------------------------------------------------------------------------------

@@ -164,10 +164,24 @@ def test_two_processes_agree_with_one_and_checkpoints_move_between_them(tmp_path
       )
 
 
-def test_a_failing_process_stops_the_others_and_every_output_is_reported():
+def test_a_failing_process_stops_the_others_and_every_output_is_reported(tmp_path):
+  # Process zero fails only once process one has printed (a file says so): on a loaded machine
+  # process one may otherwise not have started printing when it is stopped.
+  ready = tmp_path / "one-printed"
   commands = [
-    [sys.executable, "-c", "import sys; print('process zero gives up'); sys.exit(3)"],
-    [sys.executable, "-c", "import time; print('process one waits', flush=True); time.sleep(60)"],
+    [
+      sys.executable,
+      "-c",
+      f"import pathlib, sys, time\n"
+      f"while not pathlib.Path({str(ready)!r}).exists(): time.sleep(0.05)\n"
+      "print('process zero gives up'); sys.exit(3)",
+    ],
+    [
+      sys.executable,
+      "-c",
+      f"import pathlib, time\nprint('process one waits', flush=True)\n"
+      f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)",
+    ],
   ]
   with pytest.raises(ProcessesFailed, match=r"(?s)failed.*gives up.*waits") as error:
     run_processes(commands, timeout=30)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import normal as _complex_normal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,11 +21,6 @@ from tensor_galore_optax import TuckerSpec, _tucker, tensor_galore, tensor_galor
 from tensor_galore_optax._memory import tree_bytes
 
 GAP = 3
-
-
-def _complex_normal(key, shape, dtype=jnp.complex64):
-  kr, ki = jax.random.split(key)
-  return (jax.random.normal(kr, shape) + 1j * jax.random.normal(ki, shape)).astype(dtype)
 
 
 def _params():
@@ -444,6 +440,9 @@ def _gradient(shape, dtype, seed):
   return jnp.asarray(g, dtype)
 
 
+# Every axis a mode: these properties are the projection's (the stacking rule is test_tucker's).
+NO_STACK = TuckerSpec(batch_axes=())
+
 _PROPERTY_SETTINGS = settings(
   max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -454,7 +453,7 @@ _PROPERTY_SETTINGS = settings(
 def test_property_finite_updates_of_the_gradient_dtype_and_orthonormal_factors(case):
   shape, rank, dtype, seed = case
   grads = {"w": _gradient(shape, dtype, seed)}
-  tx = tensor_galore_adamw(1e-3, rank=rank, min_size=1, spec={"w": TuckerSpec()})
+  tx = tensor_galore_adamw(1e-3, rank=rank, min_size=1, spec={"w": NO_STACK})
   state = jax.jit(tx.init)(grads)
   expected = [(i, r) for i, r in zip(shape, _expected_ranks(rank, shape)) if r is not None]
   assert [f.shape for f in state[0].factors["w"]] == expected
@@ -476,7 +475,7 @@ def test_property_identity_base_gives_an_orthogonal_projection(case):
   tx = tensor_galore(
     rank=rank,
     min_size=1,
-    spec={"w": TuckerSpec()},
+    spec={"w": NO_STACK},
     base_optimizer=optax.identity(),
     scale=1.0,
     residual_scale=None,

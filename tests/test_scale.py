@@ -8,14 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import normal as _normal
 
 from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
-
-
-def _normal(key, shape, dtype):
-  real, imag = jax.random.normal(key, (2, *shape))
-  return (real + 1j * imag).astype(dtype) if jnp.issubdtype(dtype, jnp.complexfloating) else real
-
 
 CASES = {
   # (shape, spec, rank, dtype): every mode, a matrix on one side, stacked layers.
