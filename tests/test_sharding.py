@@ -499,8 +499,12 @@ def test_collectives_and_small_decompositions(devices, shard_projected):
   svd_operands = re.findall(_SVD, compiled)
   assert svd_operands, "no SVD found in the compiled refresh"
   assert all(int(a) <= 64 and int(b) <= 64 for a, b in svd_operands), svd_operands
-  if not shard_projected:
-    largest_all_gather = max([b for op, b in step if op == "all-gather"] or [0])
+  largest_all_gather = max([b for op, b in step if op == "all-gather"] or [0])
+  if shard_projected:
+    # A sharded rank dimension: the projection's contraction gathers the whole gradient
+    # (2.36 MB, benchmarks/results/topology.json), which is what the option trades for memory.
+    assert largest_all_gather >= grad_bytes, step
+  else:
     assert largest_all_gather < grad_bytes, step
 
 
