@@ -2,9 +2,10 @@
 
 In one process, for each optimizer: the jitted train step (forward, backward,
 optimizer, ``apply_updates``) is timed at a steady step (no refresh) and at a
-refresh step (factors recomputed), median of ``--repeats`` after a warm-up.
-Reported as ratios to AdamW's step measured in the same run, plus the
-amortised step at ``--gap``: ``(refresh + (gap - 1) * steady) / gap``.
+refresh step (factors recomputed), ``--repeats`` rounds after a warm-up, the
+optimizers taking turns in every round. Reported as ratios to AdamW's steady
+step in the same round (medians over the rounds), plus the amortised step at
+``--gap``: ``(refresh + (gap - 1) * steady) / gap``.
 
 Usage, from the repository root::
 
@@ -13,7 +14,9 @@ Usage, from the repository root::
 
 import argparse
 import pathlib
+import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -36,42 +39,56 @@ def at_count(state, count: int):
   )
 
 
+def _seconds(fn, *args) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
 def measure(config_name: str, rank: float, gap: int, repeats: int, names):
-  """Steady, refresh and amortised step times per optimizer, with ratios to AdamW's."""
+  """Steady, refresh and amortised step times per optimizer, with ratios to AdamW's.
+
+  The optimizers take turns: each round times every optimizer's steady and refresh step once,
+  and a ratio is taken within its round, so that a machine whose load drifts (a shared CPU)
+  moves all of a round's times together. Times and ratios are medians over the rounds.
+  """
   config = common.CONFIGS[config_name]
   graphdef, params = common.build_params(config)
   rng = np.random.default_rng(0)
   shape = (config.batch, config.resolution, config.resolution, 1)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
   y = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-  rows = []
+  rows, calls = [], []
   for name in ["adamw", *names]:
     optimizer, used_rank = common.make_optimizer(name, rank, params, update_proj_gap=gap)
     step = jax.jit(make_train_step(graphdef, optimizer))
     state = optimizer.init(params)
-    _, state, _ = step(params, state, x, y)  # step 0 computes the first factors
-    steady = common.timed(step, params, at_count(state, 1), x, y, repeats=repeats)
-    refresh = common.timed(step, params, at_count(state, gap), x, y, repeats=repeats)
-    row = {
-      "config": config_name,
-      "optimizer": name,
-      "rank": rank if common.has_rank(name) else None,
-      "steady_seconds": steady,
-      "refresh_seconds": refresh,
-      "amortised_seconds": (refresh + (gap - 1) * steady) / gap,
-      "update_proj_gap": gap,
-    }
+    _, state, _ = step(params, state, x, y)  # step 0 compiles and computes the first factors
+    steady, refresh = at_count(state, 1), at_count(state, gap)
+    jax.block_until_ready(step(params, refresh, x, y))  # warm: the refresh branch too
+    calls.append((step, steady, refresh))
+    row = {"config": config_name, "optimizer": name, "update_proj_gap": gap}
+    row["rank"] = rank if common.has_rank(name) else None
     if name == "galore":
       row["galore_int_rank"] = used_rank
     rows.append(row)
+  times = [[] for _ in rows]
+  for _ in range(repeats):
+    for timings, (step, steady, refresh) in zip(times, calls):
+      timings.append((_seconds(step, params, steady, x, y), _seconds(step, params, refresh, x, y)))
+  for row, timings in zip(rows, times):
+    steady = [t[0] for t in timings]
+    refresh = [t[1] for t in timings]
+    amortised = [(r + (gap - 1) * s) / gap for s, r in zip(steady, refresh)]
+    adamw = [t[0] for t in times[0]]  # AdamW's steady step, round by round
+    for key, values in (("steady", steady), ("refresh", refresh), ("amortised", amortised)):
+      row[f"{key}_seconds"] = statistics.median(values)
+      row[f"{key}_vs_adamw"] = statistics.median([v / a for v, a in zip(values, adamw)])
     print(
-      f"{name:24s} steady {steady * 1e3:8.1f} ms  refresh {refresh * 1e3:8.1f} ms",
+      f"{row['optimizer']:24s} steady {row['steady_seconds'] * 1e3:8.1f} ms  "
+      f"refresh {row['refresh_seconds'] * 1e3:8.1f} ms",
       flush=True,
     )
-  adamw = rows[0]["steady_seconds"]
-  for row in rows:
-    for key in ("steady", "refresh", "amortised"):
-      row[f"{key}_vs_adamw"] = row[f"{key}_seconds"] / adamw
   return rows
 
 

@@ -678,3 +678,17 @@ def test_the_summary_puts_each_result_against_adamws(tmp_path, monkeypatch):
   assert lines["`tensor_galore_adamw` (defaults)"] == ["1.10", "0.200", "-", "0.980 |"]
   assert lines["`optax.adafactor` (factored)"] == ["-", "-", "-", "- |"]
   assert "| 0.0110 | 1.10 | 0.200 | 10 |" in summary.demo_table()
+
+
+def test_speed_times_each_optimizer_against_adamw_in_the_same_round():
+  from benchmarks import speed
+
+  rows = speed.measure("mlp16", 0.25, gap=200, repeats=2, names=["tensor_galore_defaults"])
+  assert [r["optimizer"] for r in rows] == ["adamw", "tensor_galore_defaults"]
+  assert rows[0]["steady_vs_adamw"] == 1.0  # AdamW's steady step against itself, every round
+  for row in rows:
+    assert row["steady_seconds"] > 0 and row["refresh_seconds"] > 0
+    # The amortised step lies between the steady and the refresh step.
+    low, high = sorted((row["steady_seconds"], row["refresh_seconds"]))
+    assert low <= row["amortised_seconds"] <= high
+  assert "| tensor_galore_defaults 0.25 |" in speed.markdown(rows)

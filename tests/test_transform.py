@@ -355,7 +355,7 @@ def test_state_is_a_plain_namedtuple_of_arrays():
     assert isinstance(leaf, jax.Array)
 
 
-# --- Bad input ---------------------------------------------------------------------------------
+# --- Choosing leaves ---------------------------------------------------------------------------
 
 
 def test_a_callable_spec_and_a_pytree_spec_pick_leaves():
