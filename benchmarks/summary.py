@@ -141,7 +141,6 @@ def demo_table() -> str:
     ("test rel L2", lambda r: f"{r['test_rel_l2']:.4f}"),
     ("x AdamW", lambda r: f"{r['test_rel_l2'] / adamw['test_rel_l2']:.2f}" if adamw else "-"),
     ("state x AdamW", lambda r: f"{r['optimizer_state_bytes'] / r['adamw_state_bytes']:.3f}"),
-    ("minutes (shared CPU)", lambda r: f"{r['seconds'] / 60:.0f}"),
   )
   return markdown_table(list(runs.values()), columns)
 
