@@ -1,6 +1,5 @@
 """Tests of the FNO of the example, `examples.fno.model`."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
