@@ -5,12 +5,12 @@
 # sets are generated once, before. While the runs train, a quick subset of the tests runs too
 # (SVD and eigh differ on GPU). Runs from a checkout with jax for the GPU and the packages of
 # the `examples` and `test` extras.
-#   STUDY=residual LIMIT=400 OUT=/tmp/gpu bash benchmarks/gpu_accuracy.sh
+#   STUDY=layers LIMIT=400 OUT=/tmp/gpu bash benchmarks/gpu_accuracy.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=.
 export TENSOR_GALORE_DATA="${TENSOR_GALORE_DATA:-/tmp/tensor_galore_data}"
-study="${STUDY:-residual}"
+study="${STUDY:-layers}"
 limit="${LIMIT:-400}"
 out="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$out"
