@@ -61,3 +61,32 @@ def projector(u) -> np.ndarray:
 def raises_naming(error: type[Exception], *words: str):
   """``pytest.raises`` whose message must contain every one of ``words``, literally."""
   return pytest.raises(error, match="(?s)" + "".join(f"(?=.*{re.escape(w)})" for w in words))
+
+
+def smooth_fields(rng: np.random.Generator, n: int, size: int = 16, cutoff: int = 4) -> np.ndarray:
+  """Random fields with only low Fourier modes, so that an FNO can fit maps of them."""
+  spectrum = np.fft.rfft2(rng.standard_normal((n, size, size)))
+  spectrum[:, cutoff:-cutoff] = 0
+  spectrum[:, :, cutoff:] = 0
+  return (10 * np.fft.irfft2(spectrum, s=(size, size))).astype(np.float32)
+
+
+def write_tiny_npz(path, **extra) -> None:
+  """32 train and 8 test samples of a shift-plus-square map on a 16 x 16 grid, as ``.npz``."""
+  rng = np.random.default_rng(0)
+  x = smooth_fields(rng, 40)
+  y = np.roll(x, 2, axis=1) + 0.3 * x**2
+  np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:], **extra)
+
+
+def rbg_rngs(seed: int):
+  """Flax ``Rngs`` of "rbg" keys: they compile several times faster than threefry's for the
+  small models of the tests."""
+  from flax import nnx
+
+  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+def numpy_normal(seed: int, shape) -> np.ndarray:
+  """Standard normal float32 entries drawn with NumPy: eager jax.random compiles anew per shape."""
+  return np.random.default_rng(seed).standard_normal(shape, np.float32)

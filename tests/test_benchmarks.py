@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import numpy_normal, rbg_rngs, write_tiny_npz
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
@@ -21,22 +22,11 @@ TINY = ["--width", "8", "--modes", "4", "--batch-size", "8", "--eval-batch-size"
 TINY += ["--no-progress"]
 
 
-def _smooth_fields(rng, n, size=16, cutoff=4):
-  """Random fields with only low Fourier modes, so that an FNO can fit maps of them."""
-  spectrum = np.fft.rfft2(rng.standard_normal((n, size, size)))
-  spectrum[:, cutoff:-cutoff] = 0
-  spectrum[:, :, cutoff:] = 0
-  return (10 * np.fft.irfft2(spectrum, s=(size, size))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
   """32 train and 8 test samples of a shift-plus-square map on a 16 x 16 grid."""
-  rng = np.random.default_rng(0)
-  x = _smooth_fields(rng, 40)
-  y = np.roll(x, 2, axis=1) + 0.3 * x**2
   path = tmp_path_factory.mktemp("data") / "tiny.npz"
-  np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:])
+  write_tiny_npz(path)
   return path
 
 
@@ -302,13 +292,10 @@ def test_stacked_spectral_weights_get_per_layer_projections(name):
 # --------------------------------------------------------------------------
 
 
-def _rngs(seed):
-  # "rbg" keys compile several times faster than threefry for these small models.
-  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+_rngs = rbg_rngs
 
 
-def _normal(seed, shape):
-  return np.random.default_rng(seed).standard_normal(shape, np.float32)
+_normal = numpy_normal
 
 
 @nnx.jit

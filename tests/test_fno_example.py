@@ -9,28 +9,18 @@ import sys
 
 import numpy as np
 import pytest
+from _helpers import write_tiny_npz
 
 from examples.fno import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _smooth_fields(rng, n, size=16, cutoff=4):
-  """Random fields with only low Fourier modes, so that an FNO can fit maps of them."""
-  spectrum = np.fft.rfft2(rng.standard_normal((n, size, size)))
-  spectrum[:, cutoff:-cutoff] = 0
-  spectrum[:, :, cutoff:] = 0
-  return (10 * np.fft.irfft2(spectrum, s=(size, size))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
   """32 train and 8 test samples of a shift-plus-square map on a 16 x 16 grid."""
-  rng = np.random.default_rng(0)
-  x = _smooth_fields(rng, 40)
-  y = np.roll(x, 2, axis=1) + 0.3 * x**2
   path = tmp_path_factory.mktemp("data") / "tiny.npz"
-  np.savez(path, x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:], note=np.ones(3))
+  write_tiny_npz(path, note=np.ones(3))
   return path
 
 

@@ -4,20 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import numpy_normal, rbg_rngs
 from flax import nnx
 
 from examples.fno import model
 
-
-def _rngs(seed):
-  # Compiling threefry for every new parameter shape dominates these small
-  # tests; "rbg" keys compile several times faster.
-  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+_rngs = rbg_rngs
 
 
-def _normal(seed, shape):
-  # Drawn with numpy: eager jax.random compiles anew for every shape.
-  return np.random.default_rng(seed).standard_normal(shape, np.float32)
+_normal = numpy_normal
 
 
 @nnx.jit
