@@ -6,6 +6,9 @@ Convention for code blocks in ``README.md`` and ``docs/*.md``:
   named ``file:line``, each alone in a fresh interpreter (as a reader who
   copies that one block would run it): a block imports and defines everything
   it uses;
+* a ```` ```text ```` block right after a ```` ```python ```` block (nothing but
+  blank lines between them) is the output it shows: the block's standard output
+  must be exactly that text (trailing spaces aside);
 * a block that must not run (a multi-host launch, a long training command, a
   fragment) is fenced with ```` ```py ```` instead: it is highlighted the same
   way on the site and skipped here. ```` ```bash ```` and other languages are
@@ -36,11 +39,12 @@ _FENCE = re.compile(
 )
 
 
-def _python_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
-  """``(line, code)`` of every ```python block of ``path``, in order."""
+def _python_blocks(path: pathlib.Path) -> list[tuple[int, str, str | None]]:
+  """``(line, code, shown output or None)`` of every ```python block of ``path``, in order."""
   text = path.read_text(encoding="utf-8")
   blocks = []
-  for match in _FENCE.finditer(text):
+  matches = list(_FENCE.finditer(text))
+  for k, match in enumerate(matches):
     info = match.group("info").strip().split()
     if not info or info[0] != "python":
       continue
@@ -49,8 +53,18 @@ def _python_blocks(path: pathlib.Path) -> list[tuple[int, str]]:
     body = "\n".join(
       ln[indent:] if ln[:indent].strip() == "" else ln for ln in match.group("body").splitlines()
     )
-    blocks.append((line, body))
+    shown = None
+    if k + 1 < len(matches):
+      after = matches[k + 1]
+      adjacent = text[match.end() : after.start()].strip() == ""
+      if adjacent and after.group("info").strip() == "text":
+        shown = after.group("body")
+    blocks.append((line, body, shown))
   return blocks
+
+
+def _lines(text: str) -> list[str]:
+  return [ln.rstrip() for ln in text.strip("\n").splitlines()]
 
 
 def _relative(path: pathlib.Path) -> str:
@@ -65,11 +79,11 @@ _BLOCKS = {path: _python_blocks(path) for path in DOC_FILES}
   [
     pytest.param(path, i, id=f"{_relative(path)}:{line}")
     for path, blocks in _BLOCKS.items()
-    for i, (line, _) in enumerate(blocks)
+    for i, (line, _, _) in enumerate(blocks)
   ],
 )
 def test_code_block_runs_alone(path, index, tmp_path):
-  line, code = _BLOCKS[path][index]
+  line, code, shown = _BLOCKS[path][index]
   # A file named after the block, so that a traceback points at the page and the line.
   script = tmp_path / f"{_relative(path).replace('/', '_')}_line{line}.py"
   script.write_text(code, encoding="utf-8")
@@ -83,12 +97,18 @@ def test_code_block_runs_alone(path, index, tmp_path):
     timeout=300,
   )
   assert result.returncode == 0, f"{_relative(path)}:{line} failed:\n{result.stderr[-4000:]}"
+  if shown is not None:  # the output the page shows is the output the code prints
+    assert _lines(result.stdout) == _lines(shown), (
+      f"{_relative(path)}:{line} printed:\n{result.stdout}"
+    )
 
 
 def test_fence_parser_sees_blocks():
   # Guards the parser itself: the README's quick start is a ```python block.
   assert _BLOCKS[ROOT / "README.md"]
   assert sum(len(b) for b in _BLOCKS.values()) > len(_BLOCKS[ROOT / "README.md"])
+  # The README's first block shows its output (the plan table), and is checked against it.
+  assert _BLOCKS[ROOT / "README.md"][0][2] is not None
 
 
 def test_api_page_lists_every_public_name():
