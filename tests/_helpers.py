@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -90,3 +91,15 @@ def rbg_rngs(seed: int):
 def numpy_normal(seed: int, shape) -> np.ndarray:
   """Standard normal float32 entries drawn with NumPy: eager jax.random compiles anew per shape."""
   return np.random.default_rng(seed).standard_normal(shape, np.float32)
+
+
+@functools.cache
+def _jitted_call():
+  from flax import nnx
+
+  return nnx.jit(lambda module, x: module(x))
+
+
+def jit_call(module, x):
+  """``module(x)`` under ``nnx.jit``: one compilation per shape, not one per eager op."""
+  return _jitted_call()(module, x)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import numpy_normal, rbg_rngs, write_tiny_npz
+from _helpers import jit_call, numpy_normal, rbg_rngs, write_tiny_npz
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
@@ -298,9 +298,7 @@ _rngs = rbg_rngs
 _normal = numpy_normal
 
 
-@nnx.jit
-def _call(module, x):
-  return module(x)
+_call = jit_call
 
 
 def _tiny_fno(**kwargs):

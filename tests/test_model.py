@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import numpy_normal, rbg_rngs
+from _helpers import jit_call, numpy_normal, rbg_rngs
 from flax import nnx
 
 from examples.fno import model
@@ -15,10 +15,7 @@ _rngs = rbg_rngs
 _normal = numpy_normal
 
 
-@nnx.jit
-def _call(module, x):
-  # One compilation per test instead of one per eagerly dispatched op.
-  return module(x)
+_call = jit_call
 
 
 def _tiny_fno(**kwargs):
