@@ -160,7 +160,19 @@ def _to_core(plan: TuckerPlan | None, grad, factors, now):
   return tensor, factors, plan.project(tensor, factors).astype(grad.dtype)
 
 
-def _to_full(plan: TuckerPlan | None, step, tensor, core, factors, moments, *, dtype, **kwargs):
+def _to_full(
+  plan: TuckerPlan | None,
+  step,
+  tensor,
+  core,
+  factors,
+  moments,
+  *,
+  dtype,
+  scale,
+  residual_scale,
+  count,
+):
   """The full-size update of a core's step, and the residual's moments.
 
   ``scale`` times the back-projected step, plus the residual's step where it
@@ -168,7 +180,6 @@ def _to_full(plan: TuckerPlan | None, step, tensor, core, factors, moments, *, d
   """
   if plan is None:
     return step, moments
-  scale, residual_scale, count = kwargs["scale"], kwargs["residual_scale"], kwargs["count"]
   if isinstance(scale, str):
     scale = _matched_scale(plan)
   work = jnp.result_type(step, *factors)
