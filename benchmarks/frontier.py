@@ -343,21 +343,52 @@ def run(task_name: str, name: str, lr: float, seed: int, *, dry_run: bool = Fals
 
 
 def lr_grid(task_name: str, name: str) -> list[float]:
-  """The three rates ``name`` gets on ``task_name``."""
+  """The three rates ``name`` gets first on ``task_name``."""
   scale = FAMILY_LR_SCALE[OPTIMIZERS[name].family]
   return [float(f"{scale * lr:.3g}") for lr in frontier_tasks.TASKS[task_name].lrs]
+
+
+# A best rate at an end of the grid may not be the best rate: the sweep goes one grid step
+# further that way, at most this many times, the same rule for every optimizer.
+MAX_EXTENSIONS = 2
 
 
 def _error(row: dict | None) -> float:
   return math.inf if row is None or row["test_error"] is None else row["test_error"]
 
 
+def sweep(task_name: str, name: str) -> tuple[dict[float, float], float | None]:
+  """Seed 0's error at each rate swept so far, and the next rate the rule asks for.
+
+  The next rate is ``None`` when the sweep is done: the best rate is inside the
+  swept range, or ``MAX_EXTENSIONS`` rates were added. A missing run is the next rate.
+  """
+  grid = lr_grid(task_name, name)
+  step = grid[1] / grid[0]
+  errors: dict[float, float] = {}
+  for lr in grid:
+    row = load_row(task_name, name, lr, 0)
+    if row is None:
+      return errors, lr
+    errors[lr] = _error(row)
+  for _ in range(MAX_EXTENSIONS):
+    best = min(errors, key=lambda g: (errors[g], g))
+    if not math.isfinite(errors[best]) or min(errors) < best < max(errors):
+      return errors, None
+    nxt = float(f"{(best * step if best == max(errors) else best / step):.3g}")
+    row = load_row(task_name, name, nxt, 0)
+    if row is None:
+      return errors, nxt
+    errors[nxt] = _error(row)
+  return errors, None
+
+
 def best_lr(task_name: str, name: str) -> float | None:
-  """The rate of the lowest seed-0 error among the grid's finished runs (``None`` if missing)."""
-  rows = [load_row(task_name, name, lr, 0) for lr in lr_grid(task_name, name)]
-  if any(r is None for r in rows):
+  """The rate of the lowest seed-0 error of a finished sweep (``None`` if unfinished)."""
+  errors, missing = sweep(task_name, name)
+  if missing is not None:
     return None
-  return min(zip(map(_error, rows), lr_grid(task_name, name), strict=True))[1]
+  return min(errors, key=lambda g: (errors[g], g))
 
 
 def load_row(task_name: str, name: str, lr: float, seed: int) -> dict | None:
@@ -370,8 +401,9 @@ def load_row(task_name: str, name: str, lr: float, seed: int) -> dict | None:
 def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool) -> None:
   """Seed 0 at every rate, then (``stage`` ``all`` or ``seeds``) the other seeds at the best."""
   if stage in ("lr", "all"):
-    for lr in lr_grid(task_name, name):
-      run(task_name, name, lr, 0, dry_run=dry_run)
+    while (lr := sweep(task_name, name)[1]) is not None:
+      if run(task_name, name, lr, 0, dry_run=dry_run) is None:
+        return
   if stage in ("seeds", "all"):
     lr = best_lr(task_name, name)
     if lr is None:
@@ -395,7 +427,7 @@ def summarise(task_name: str) -> list[dict]:
     lr = best_lr(task_name, name)
     if lr is None:
       continue
-    sweep = {g: _error(load_row(task_name, name, g, 0)) for g in lr_grid(task_name, name)}
+    errors_by_lr = dict(sorted(sweep(task_name, name)[0].items()))
     rows = [r for s in (0, 1, 2) if (r := load_row(task_name, name, lr, s)) is not None]
     errors = [_error(r) for r in rows]
     points.append(
@@ -406,14 +438,14 @@ def summarise(task_name: str) -> list[dict]:
         library=opt.library,
         note=opt.note,
         lr=lr,
-        sweep=sweep,
+        sweep=errors_by_lr,
         errors=errors,
         mean=statistics.mean(errors),
         std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
         state=rows[0]["state_bytes"] / rows[0]["adamw_state_bytes"],
         state_bytes=rows[0]["state_bytes"],
         step_time_s=statistics.median(r["step_time_s"] for r in rows),
-        edge=lr in (min(sweep), max(sweep)),
+        edge=lr in (min(errors_by_lr), max(errors_by_lr)),
       )
     )
   ref = next((p for p in points if p["optimizer"] == "adamw"), None)
@@ -434,8 +466,9 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
     "# The accuracy-memory frontier",
     "",
     "Made by `python -m benchmarks.frontier --plot` from the runs under `runs/` (each trained by",
-    "`python -m benchmarks.frontier --task <task>`). Every optimizer: three rates on seed 0, then",
-    "seeds 1 and 2 at the best; the error is the test relative L2 error after the last epoch,",
+    "`python -m benchmarks.frontier --task <task>`). Every optimizer: three rates on seed 0 (a",
+    "best rate at an end of them adds the next rate that way, twice at most), then seeds 1 and 2",
+    "at the best; the error is the test relative L2 error after the last epoch,",
     "mean +- standard deviation over the seeds (n). State: the whole optimizer state (moments,",
     "factors, statistics), over AdamW's on the same parameters. Step time: median compiled step,",
     "over AdamW's (a shared 2-core CPU: +-20 % is noise). `lr` in a call is the schedule: one",
