@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from tensor_galore_optax import _moments, _plan, _refresh, _residual, _sharding, _tucker
+from tensor_galore_optax._adam import SecondMoment, scale_by_core_adam
 from tensor_galore_optax._plan import MATCHED, SpecLike
 from tensor_galore_optax._state import TensorGaLoreState, as_state
 from tensor_galore_optax._tucker import Rank, TuckerPlan
@@ -279,7 +280,8 @@ def tensor_galore(
       unprojected leaves alike. A positive number is GaLore's ``alpha``
       (``1.0`` is the paper's).
     base_optimizer: The transformation run on the cores; it must not need
-      ``params``. Defaults to Adam (``optax.scale_by_adam()``'s defaults).
+      ``params``. Defaults to Adam, `scale_by_core_adam` (``optax.scale_by_adam``'s
+      arithmetic with real second moments for complex cores).
     min_size: With the default ``spec``, leaves with at least 2 dimensions and
       at least this many entries are projected, as ``rank`` says; smaller
       leaves (biases, norm scales) go through ``base_optimizer`` at full
@@ -340,7 +342,7 @@ def tensor_galore(
   scale = _check_scale(scale)
   residual_scale = _check_residual_scale(residual_scale)
   if base_optimizer is None:
-    base_optimizer = _adam()
+    base_optimizer = scale_by_core_adam()
   if not isinstance(base_optimizer, optax.GradientTransformation):
     raise TypeError(
       f"base_optimizer must be an optax.GradientTransformation, got {base_optimizer!r}."
@@ -418,26 +420,6 @@ def tensor_galore(
   return optax.GradientTransformationExtraArgs(init_fn, _sharding.with_auto_axes(update_fn))
 
 
-def _adam(b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, nesterov=False):
-  """``optax.scale_by_adam`` with its decay rates as JAX arrays: `tensor_galore`'s default.
-
-  As (weakly typed) arrays, the rates take the same arithmetic whether they
-  are constants or injected (`optax.inject_hyperparams` traces them): from
-  Python floats, ``1 - b2`` would be rounded from double precision instead,
-  which moves Adam's step by about 1e-5 relative. The arrays are made when
-  the optimizer is used, not built: building an optimizer must not start the
-  XLA backend (``jax.distributed.initialize`` may still have to run).
-  """
-  as_array = lambda rate: rate if isinstance(rate, jax.Array) else jnp.asarray(rate)
-  adam = lambda: optax.scale_by_adam(
-    as_array(b1), as_array(b2), eps, eps_root, mu_dtype, nesterov=nesterov
-  )
-  return optax.GradientTransformation(
-    lambda params: adam().init(params),
-    lambda updates, state, params=None: adam().update(updates, state, params),
-  )
-
-
 def _check_base_optimizer(base, cores) -> None:
   """Fails early, and clearly, for base optimizers that cannot run on cores."""
   try:
@@ -470,6 +452,7 @@ def tensor_galore_adamw(
   spec: SpecLike = None,
   nesterov: bool = False,
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
+  second_moment: SecondMoment = "full",
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -477,8 +460,9 @@ def tensor_galore_adamw(
 
   ```py
   optax.chain(
-      tensor_galore(rank=rank, base_optimizer=optax.scale_by_adam(
-                    b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov), ...),
+      tensor_galore(rank=rank, base_optimizer=scale_by_core_adam(
+                    b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
+                    second_moment=second_moment), ...),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -501,8 +485,9 @@ def tensor_galore_adamw(
     b2: Adam's decay rate of the second moment.
     eps: Added to the denominator, outside the square root.
     eps_root: Added to the denominator, inside the square root.
-    mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16``); ``None``
-      keeps the cores' dtype.
+    mu_dtype: dtype of the first moment (``jnp.bfloat16`` or ``"bfloat16"``
+      halves it); ``None`` keeps the cores' dtype. Complex moments keep
+      their imaginary part (see `scale_by_core_adam`).
     weight_decay: Strength of the decoupled weight decay.
     mask: Which leaves get weight decay, as in ``optax.adamw``.
     scale: ``"matched"`` (full-size Adam's step length, so that the learning
@@ -513,6 +498,11 @@ def tensor_galore_adamw(
     residual_scale: The step of the part of each projected matrix's gradient
       outside its subspace, relative to the projected step's; ``None`` drops
       it (GaLore, the paper); see `tensor_galore`.
+    second_moment: ``"full"`` (Adam's) or ``"factored"``: Adafactor's row and
+      column means for every core and small leaf with two axes of at least 8
+      entries (see `scale_by_core_adam`), the second moment's memory almost
+      nothing. With ``mu_dtype="bfloat16"``, the smallest state for the
+      accuracy (``docs/benchmarks.md``, the frontier).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -539,7 +529,9 @@ def tensor_galore_adamw(
       rank=rank,
       update_proj_gap=update_proj_gap,
       scale=scale,
-      base_optimizer=_adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
+      base_optimizer=scale_by_core_adam(
+        b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, second_moment=second_moment
+      ),
       min_size=min_size,
       spec=spec,
       residual_scale=residual_scale,

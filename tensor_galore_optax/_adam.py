@@ -1,0 +1,206 @@
+"""Adam for Tucker cores: `tensor_galore`'s default base optimizer.
+
+``optax.scale_by_adam``'s arithmetic, with what the cores of complex and
+low-memory training need on top:
+
+* second moments are real (``|g|^2`` has no imaginary part) and, with
+  ``second_moment="factored"``, kept as Adafactor's row and column means
+  (Shazeer & Stern, 2018) for arrays with two axes of at least
+  ``min_dim_size_to_factor``;
+* a first moment in a real low-precision ``mu_dtype`` keeps a complex
+  moment's imaginary part, stored as a trailing axis of (real, imaginary)
+  pairs (``optax.scale_by_adam`` casts the complex moment to the real dtype,
+  which drops it).
+
+Written here, not composed from optax: ``optax.scale_by_factored_rms`` takes
+its shapes from ``params``, which a base optimizer on cores never receives,
+and it neither debiases like Adam nor keeps a first moment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SecondMoment = Literal["full", "factored"]
+SECOND_MOMENTS = ("full", "factored")
+
+
+class FactoredSecondMoment(NamedTuple):
+  """Adafactor's estimate of one array's second moment.
+
+  For an array whose two largest axes are ``d0 >= d1`` (the later of equal
+  sizes counts as larger), ``v_hat = row * col / mean(row over d1)``.
+
+  Attributes:
+    row: Running mean of ``|g|^2`` over axis ``d0`` (the array's shape without ``d0``).
+    col: Running mean of ``|g|^2`` over axis ``d1`` (the array's shape without ``d1``).
+  """
+
+  row: jax.Array
+  col: jax.Array
+
+
+def factored_axes(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
+  """The two largest axes ``(d0, d1)`` of ``shape`` if both reach the size, else ``None``."""
+  if len(shape) < 2:
+    return None
+  d1, d0 = sorted(range(len(shape)), key=lambda axis: (shape[axis], axis))[-2:]
+  if shape[d1] < min_dim_size_to_factor:
+    return None
+  return d0, d1
+
+
+def _stores_pairs(update: jax.Array, mu_dtype) -> bool:
+  """Whether a complex first moment is stored as real (re, im) pairs of ``mu_dtype``."""
+  return (
+    mu_dtype is not None
+    and jnp.iscomplexobj(update)
+    and not jnp.issubdtype(mu_dtype, jnp.complexfloating)
+  )
+
+
+def _init_mu(update, mu_dtype):
+  if _stores_pairs(update, mu_dtype):
+    return jnp.zeros((*update.shape, 2), mu_dtype)
+  return jnp.zeros(update.shape, update.dtype if mu_dtype is None else mu_dtype)
+
+
+def _load_mu(stored, update):
+  if stored.shape == update.shape:
+    return stored  # as optax does: the stored dtype takes part in the arithmetic
+  real = jnp.finfo(update.dtype).dtype
+  return jax.lax.complex(stored[..., 0].astype(real), stored[..., 1].astype(real))
+
+
+def _store_mu(mu, stored):
+  if stored.shape == mu.shape:
+    return mu.astype(stored.dtype)
+  return jnp.stack([mu.real, mu.imag], axis=-1).astype(stored.dtype)
+
+
+def _init_nu(update, second_moment, min_dim_size_to_factor):
+  real = jnp.finfo(update.dtype).dtype
+  axes = factored_axes(update.shape, min_dim_size_to_factor)
+  if second_moment == "full" or axes is None:
+    return jnp.zeros(update.shape, real)
+  d0, d1 = axes
+  without = lambda axis: tuple(size for a, size in enumerate(update.shape) if a != axis)
+  return FactoredSecondMoment(jnp.zeros(without(d0), real), jnp.zeros(without(d1), real))
+
+
+def _update_nu(update, nu, b2, min_dim_size_to_factor):
+  """The running second moment and its full-shape estimate (before debiasing)."""
+  if not isinstance(nu, FactoredSecondMoment):
+    nu = optax.tree.update_moment_per_elem_norm(update, nu, b2, 2)
+    return nu, nu
+  d0, d1 = factored_axes(update.shape, min_dim_size_to_factor)
+  squared = (update * jnp.conj(update)).real if jnp.iscomplexobj(update) else update**2
+  row = (1 - b2) * jnp.mean(squared, axis=d0) + b2 * nu.row
+  col = (1 - b2) * jnp.mean(squared, axis=d1) + b2 * nu.col
+  # ``row`` lacks d0, so d1 sits one place earlier in it when it comes after d0.
+  mean = jnp.mean(row, axis=d1 - (d1 > d0), keepdims=True)
+  estimate = jnp.expand_dims(row / jnp.where(mean > 0, mean, 1), d0) * jnp.expand_dims(col, d1)
+  return FactoredSecondMoment(row, col), estimate
+
+
+def scale_by_core_adam(
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  *,
+  nesterov: bool = False,
+  second_moment: SecondMoment = "full",
+  min_dim_size_to_factor: int = 8,
+) -> optax.GradientTransformation:
+  r"""Adam with real, optionally factored, second moments; `tensor_galore`'s default.
+
+  ``optax.scale_by_adam``'s update (the same arithmetic: with the defaults the
+  two agree bit for bit on real arrays), needing no ``params``, with
+
+  * second moments stored real for complex arrays (half the bytes);
+  * ``second_moment="factored"``: an array whose two largest axes ``d0, d1``
+    both have at least ``min_dim_size_to_factor`` entries keeps only the
+    running means of \(|g|^2\) over ``d0`` and over ``d1`` (Adafactor's
+    statistics) and estimates \(\hat v = r\,c / \bar r\), debiased like Adam;
+    other arrays keep the full second moment. A core of shape ``(6, 24, 8, 5)``
+    then holds 960 numbers of second moment instead of 5 760;
+  * ``mu_dtype``: the first moment's dtype. A real dtype (``jnp.bfloat16``)
+    stores a complex moment as a trailing axis of (real, imaginary) pairs, so
+    complex weights keep the imaginary part of their momentum.
+
+  Args:
+    b1: Decay rate of the first moment.
+    b2: Decay rate of the second moment (or of its row and column means).
+    eps: Added to the denominator, outside the square root.
+    eps_root: Added to the denominator, inside the square root.
+    mu_dtype: dtype of the first moment; ``None`` keeps the updates'.
+    nesterov: Whether to use Nesterov momentum.
+    second_moment: ``"full"`` or ``"factored"``.
+    min_dim_size_to_factor: With ``"factored"``, the smallest size of both
+      factored axes.
+
+  Returns:
+    An `optax.GradientTransformation` whose state is an
+    ``optax.ScaleByAdamState``; a factored array's ``nu`` is a
+    `FactoredSecondMoment`.
+
+  References:
+    Kingma & Ba, [Adam: A Method for Stochastic Optimization](
+    https://arxiv.org/abs/1412.6980), 2014.
+
+    Shazeer & Stern, [Adafactor: Adaptive Learning Rates with Sublinear
+    Memory Cost](https://arxiv.org/abs/1804.04235), 2018.
+  """
+  if second_moment not in SECOND_MOMENTS:
+    raise ValueError(f"second_moment must be one of {SECOND_MOMENTS}, got {second_moment!r}.")
+  if mu_dtype is not None:
+    try:
+      mu_dtype = jnp.dtype(mu_dtype)
+    except TypeError as e:
+      raise TypeError(f"mu_dtype must be None or a dtype, got {mu_dtype!r}.") from e
+    if not jnp.issubdtype(mu_dtype, jnp.inexact):
+      raise TypeError(f"mu_dtype must be a floating or complex dtype, got {mu_dtype!r}.")
+  # Arrays made at use, not at construction: building an optimizer must not start the XLA
+  # backend. As arrays, the rates take the same arithmetic whether constants or injected.
+  as_array = lambda rate: rate if isinstance(rate, jax.Array) else jnp.asarray(rate)
+
+  def init_fn(params):
+    mu = jax.tree.map(lambda p: _init_mu(p, mu_dtype), params)
+    nu = jax.tree.map(lambda p: _init_nu(p, second_moment, min_dim_size_to_factor), params)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+  def update_fn(updates, state, params=None):
+    del params
+    beta1, beta2 = as_array(b1), as_array(b2)
+    count = optax.safe_increment(state.count)
+    is_nu = lambda x: isinstance(x, FactoredSecondMoment)
+    # Tree by tree, in optax.scale_by_adam's order, so that XLA sees the same computation.
+    mu = optax.tree.update_moment(updates, jax.tree.map(_load_mu, state.mu, updates), beta1, 1)
+    nu_and_estimate = jax.tree.map(
+      lambda g, nu: _update_nu(g, nu, beta2, min_dim_size_to_factor),
+      updates,
+      state.nu,
+      is_leaf=is_nu,
+    )
+    treedef = jax.tree.structure(updates)
+    nu, estimate = (treedef.unflatten(x) for x in zip(*treedef.flatten_up_to(nu_and_estimate)))
+    if nesterov:
+      mu_hat = jax.tree.map(
+        lambda m, g: beta1 * m + (1 - beta1) * g,
+        optax.tree.bias_correction(mu, beta1, optax.safe_increment(count)),
+        optax.tree.bias_correction(updates, beta1, count),
+      )
+    else:
+      mu_hat = optax.tree.bias_correction(mu, beta1, count)
+    nu_hat = optax.tree.bias_correction(estimate, beta2, count)
+    steps = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
+    mu = jax.tree.map(_store_mu, mu, state.mu)
+    return steps, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
