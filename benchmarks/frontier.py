@@ -91,7 +91,8 @@ OPTIMIZERS: dict[str, Optimizer] = {
   ),
   "lion": Optimizer("optax.lion(lr)", "lion"),
   "muon": Optimizer(
-    "optax.contrib.muon(lr)",
+    # Where it applies: models with 2-D kernels (the conv net has none).
+    {t: "optax.contrib.muon(lr)" for t in ("darcy16", "burgers", "mlp16")},
     note="Newton-Schulz on the 2-D kernels; Adam on every other leaf (the FNO's complex "
     "spectral weights included)",
   ),
@@ -100,6 +101,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
     {
       "darcy16": "optax.contrib.galore(lr, rank=6, weight_decay=1e-4)",
       "burgers": "optax.contrib.galore(lr, rank=32, weight_decay=1e-4)",
+      "mlp16": "optax.contrib.galore(lr, rank=64, weight_decay=1e-4)",
     },
     note="projects the 2-D real kernels only; on the FNO the complex spectral weights keep "
     "full Adam (projecting them would drop their imaginary part)",
@@ -134,6 +136,20 @@ OPTIMIZERS: dict[str, Optimizer] = {
     )
     for r in (0.05, 0.1, 0.25, 0.5)
   },
+  # Below 0.05x on the FNO: the same state spent differently. A refresh every 50 steps (not
+  # 200) keeps a small subspace closer to the gradient; two channel modes at ~0.32 each (not
+  # one at 0.1) keep both sides of a spectral weight.
+  "tg_0.1_factored_bf16_gap50": Optimizer(
+    'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
+    "update_proj_gap=50)"
+  ),
+  "tg_0.1_factored_bf16_two_modes": Optimizer(
+    {
+      # The FNO's spectral weights only: on matrices, two modes is a full core.
+      "darcy16": 'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", '
+      'mu_dtype="bfloat16", spec=TuckerSpec(num_projected=2))'
+    }
+  ),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(

@@ -104,6 +104,24 @@ def fno16(seed: int) -> nnx.Module:
   return FNO(1, 1, rngs=nnx.Rngs(seed), **FNO16)
 
 
+MLP16 = dict(width=512, depth=2)
+CNN16 = dict(width=64, depth=2)
+
+
+def mlp16(seed: int) -> nnx.Module:
+  """The results page's MLP on the flattened field: ``(256, 512), (512, 512), (512, 256)``."""
+  from benchmarks.baselines import MLP
+
+  return MLP(1, 1, resolution=(DARCY16["resolution"],) * 2, rngs=nnx.Rngs(seed), **MLP16)
+
+
+def cnn16(seed: int) -> nnx.Module:
+  """The results page's conv net: 3 x 3 convolutions, width 64, two residual blocks."""
+  from benchmarks.baselines import ConvNet
+
+  return ConvNet(1, 1, rngs=nnx.Rngs(seed), **CNN16)
+
+
 # --------------------------------------------------------------------------
 # 1-D viscous Burgers with a small transformer
 # --------------------------------------------------------------------------
@@ -264,6 +282,28 @@ TASKS: dict[str, Task] = {
     # 3e-3 to 3e-2 left every Adam-like optimizer best at 3e-2, the edge: shifted up.
     lrs=(1e-2, 3e-2, 1e-1),
     settings=dict(data=DARCY16, model=FNO16),
+  ),
+  "mlp16": Task(
+    "mlp16",
+    "MLP on the flattened field ((256, 512), (512, 512), (512, 256)), Darcy 16x16, 1000 train "
+    "/ 100 test, 20 epochs",
+    darcy16_data,
+    mlp16,
+    epochs=20,
+    batch_size=20,
+    lrs=(1e-3, 3e-3, 1e-2),
+    settings=dict(data=DARCY16, model=MLP16),
+  ),
+  "cnn16": Task(
+    "cnn16",
+    "conv net (3 x 3 kernels (3, 3, 64, 64), 2 residual blocks), Darcy 16x16, 1000 train / "
+    "100 test, 20 epochs",
+    darcy16_data,
+    cnn16,
+    epochs=20,
+    batch_size=20,
+    lrs=(3e-3, 1e-2, 3e-2),
+    settings=dict(data=DARCY16, model=CNN16),
   ),
   "burgers": Task(
     "burgers",

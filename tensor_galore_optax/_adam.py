@@ -188,8 +188,8 @@ def scale_by_core_adam(
       state.nu,
       is_leaf=is_nu,
     )
-    treedef = jax.tree.structure(updates)
-    nu, estimate = (treedef.unflatten(x) for x in zip(*treedef.flatten_up_to(nu_and_estimate)))
+    nu = jax.tree.map(lambda _, pair: pair[0], updates, nu_and_estimate)
+    estimate = jax.tree.map(lambda _, pair: pair[1], updates, nu_and_estimate)
     if nesterov:
       mu_hat = jax.tree.map(
         lambda m, g: beta1 * m + (1 - beta1) * g,

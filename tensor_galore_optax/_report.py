@@ -7,7 +7,8 @@ from typing import NamedTuple
 import jax
 import optax
 
-from tensor_galore_optax import _memory, _moments, _plan, _transform
+from tensor_galore_optax import _memory, _plan, _transform
+from tensor_galore_optax._adam import SecondMoment, scale_by_core_adam
 from tensor_galore_optax._tucker import Rank
 
 
@@ -73,12 +74,14 @@ def projection_plan(
   spec: _plan.SpecLike = None,
   min_size: int = _plan.MIN_SIZE,
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
+  second_moment: SecondMoment = "full",
+  mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> ProjectionPlan:
   """Which modes of each leaf `tensor_galore` projects, at which ranks, and the bytes it keeps.
 
   Shapes only: nothing is allocated. The arguments mean what they mean for
   `tensor_galore` and `tensor_galore_adamw`, with the same defaults; the bytes
-  are those of the state these keep with Adam on the cores.
+  are those of the state these keep with Adam on the cores (`scale_by_core_adam`).
 
   Args:
     params: The parameters (arrays or ``jax.ShapeDtypeStruct`` leaves).
@@ -86,6 +89,8 @@ def projection_plan(
     spec: Which leaves are projected and how.
     min_size: Smallest leaf projected by default.
     residual_scale: The residual's step (``None``: dropped, no state for it).
+    second_moment: Adam's second moment, ``"full"`` or ``"factored"``.
+    mu_dtype: The first moment's dtype (``None``: the leaf's).
 
   Returns:
     A `ProjectionPlan`; print it for a table. A stacked leaf's layers show as
@@ -101,18 +106,18 @@ def projection_plan(
     ['conv']  (3, 3, 64, 64)  3, 3, 64->16, 64    0.264
     optimizer state 0.08 MB: 0.265x AdamW's 0.30 MB
   """
+  adam = scale_by_core_adam(mu_dtype=mu_dtype, second_moment=second_moment)
   tx = _transform.tensor_galore(
-    rank=rank, spec=spec, min_size=min_size, residual_scale=residual_scale
+    rank=rank, spec=spec, min_size=min_size, residual_scale=residual_scale, base_optimizer=adam
   )
   state = jax.eval_shape(tx.init, params)
   tree, _ = _plan.plan_tree(params, rank=rank, spec=spec, min_size=min_size)
   leaves = tree.per_leaf(params, "params")
-  cores_like = tree.unflatten([_plan.core_struct(p, leaf) for p, leaf in zip(tree.plans, leaves)])
-  # Adam's moments, found by structure (`_moments`), summed per leaf.
-  moment_bytes = [0] * len(leaves)
-  for _, moments in _moments.find_moments(state.base_optimizer_state, cores_like):
-    for k, moment in enumerate(tree.per_leaf(moments, "moments")):
-      moment_bytes[k] += _memory.tree_bytes(moment)
+  # Adam's moments per leaf: a factored second moment is a subtree where the leaf was.
+  per_param = jax.tree.structure(params).flatten_up_to
+  base = state.base_optimizer_state
+  moment_bytes = [_memory.tree_bytes(m) for m in per_param(base.mu)]
+  moment_bytes = [b + _memory.tree_bytes(n) for b, n in zip(moment_bytes, per_param(base.nu))]
   per_leaf = zip(
     tree.paths,
     leaves,

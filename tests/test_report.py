@@ -21,11 +21,19 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("spec", [None, TuckerSpec(num_projected="all")], ids=["fewest", "all"])
-def test_the_plan_adds_up_to_the_optimizers_state(spec):
-  plan = projection_plan(PARAMS, rank=0.25, spec=spec, min_size=1000)
+@pytest.mark.parametrize(
+  "spec, adam",
+  [
+    (None, {}),
+    (TuckerSpec(num_projected="all"), {}),
+    (None, {"second_moment": "factored", "mu_dtype": "bfloat16"}),
+  ],
+  ids=["fewest", "all", "factored_bf16"],
+)
+def test_the_plan_adds_up_to_the_optimizers_state(spec, adam):
+  plan = projection_plan(PARAMS, rank=0.25, spec=spec, min_size=1000, **adam)
   assert plan.state_bytes == optimizer_state_bytes(
-    tensor_galore_adamw(1e-3, rank=0.25, spec=spec, min_size=1000), PARAMS
+    tensor_galore_adamw(1e-3, rank=0.25, spec=spec, min_size=1000, **adam), PARAMS
   )
   assert plan.adamw_state_bytes == optimizer_state_bytes(optax.adamw(1e-3), PARAMS)
   counters = 2 * 4  # tensor_galore's and Adam's int32 counts
