@@ -46,7 +46,7 @@ from flax import nnx
 import tensor_galore_optax
 from benchmarks import frontier_levers as levers
 from benchmarks import frontier_tasks
-from tensor_galore_optax import TuckerSpec, tensor_galore, tensor_galore_adamw
+from tensor_galore_optax import TuckerSpec, scale_by_core_adam, tensor_galore, tensor_galore_adamw
 
 RESULTS = pathlib.Path("benchmarks/results/frontier")
 # Bump when the training protocol changes: old runs then no longer match any key.
@@ -150,6 +150,19 @@ OPTIMIZERS: dict[str, Optimizer] = {
       'mu_dtype="bfloat16", spec=TuckerSpec(num_projected=2))'
     }
   ),
+  # Why Adafactor with momentum beats AdamW on the FNO: its step relative to each weight's
+  # root mean square (`scale_by_param_block_rms`), tried on Adam and on the library.
+  "adamw_param_scale": Optimizer(
+    "optax.chain(optax.scale_by_adam(), optax.scale_by_param_block_rms(), "
+    "optax.add_decayed_weights(1e-4), optax.scale_by_learning_rate(lr))",
+    "adafactor",
+  ),
+  "tg_0.25_factored_bf16_param_scale": Optimizer(
+    "optax.chain(tensor_galore(rank=0.25, base_optimizer=scale_by_core_adam("
+    'second_moment="factored", mu_dtype="bfloat16")), optax.scale_by_param_block_rms(), '
+    "optax.add_decayed_weights(1e-4), optax.scale_by_learning_rate(lr))",
+    "adafactor",
+  ),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(
@@ -196,6 +209,7 @@ def build_optimizer(call: str, schedule, params) -> optax.GradientTransformation
     jnp=jnp,
     tensor_galore=tensor_galore,
     tensor_galore_adamw=tensor_galore_adamw,
+    scale_by_core_adam=scale_by_core_adam,
     TuckerSpec=TuckerSpec,
     levers=levers,
     lr=schedule,
