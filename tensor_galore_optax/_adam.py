@@ -33,15 +33,17 @@ class FactoredSecondMoment(NamedTuple):
   """Adafactor's estimate of one array's second moment.
 
   For an array whose two largest axes are ``d0 >= d1`` (the later of equal
-  sizes counts as larger), ``v_hat = row * col / mean(row over d1)``.
+  sizes counts as larger),
+  ``v_hat = mean_d0 * mean_d1 / mean(mean_d0 over d1)``, each factor broadcast
+  along the axis it lacks (a matrix's row and column means, as in Adafactor).
 
   Attributes:
-    row: Running mean of ``|g|^2`` over axis ``d0`` (the array's shape without ``d0``).
-    col: Running mean of ``|g|^2`` over axis ``d1`` (the array's shape without ``d1``).
+    mean_d0: Running mean of ``|g|^2`` over axis ``d0`` (the array's shape without ``d0``).
+    mean_d1: Running mean of ``|g|^2`` over axis ``d1`` (the array's shape without ``d1``).
   """
 
-  row: jax.Array
-  col: jax.Array
+  mean_d0: jax.Array
+  mean_d1: jax.Array
 
 
 def factored_axes(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
@@ -99,12 +101,14 @@ def _update_nu(update, nu, b2, min_dim_size_to_factor):
     return nu, nu
   d0, d1 = factored_axes(update.shape, min_dim_size_to_factor)
   squared = (update * jnp.conj(update)).real if jnp.iscomplexobj(update) else update**2
-  row = (1 - b2) * jnp.mean(squared, axis=d0) + b2 * nu.row
-  col = (1 - b2) * jnp.mean(squared, axis=d1) + b2 * nu.col
-  # ``row`` lacks d0, so d1 sits one place earlier in it when it comes after d0.
-  mean = jnp.mean(row, axis=d1 - (d1 > d0), keepdims=True)
-  estimate = jnp.expand_dims(row / jnp.where(mean > 0, mean, 1), d0) * jnp.expand_dims(col, d1)
-  return FactoredSecondMoment(row, col), estimate
+  mean_d0 = (1 - b2) * jnp.mean(squared, axis=d0) + b2 * nu.mean_d0
+  mean_d1 = (1 - b2) * jnp.mean(squared, axis=d1) + b2 * nu.mean_d1
+  # ``mean_d0`` lacks d0, so d1 sits one place earlier in it when it comes after d0.
+  total = jnp.mean(mean_d0, axis=d1 - (d1 > d0), keepdims=True)
+  estimate = jnp.expand_dims(mean_d0 / jnp.where(total > 0, total, 1), d0) * jnp.expand_dims(
+    mean_d1, d1
+  )
+  return FactoredSecondMoment(mean_d0, mean_d1), estimate
 
 
 def scale_by_core_adam(

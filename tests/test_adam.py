@@ -97,10 +97,10 @@ def test_a_factored_second_moment_is_adafactors_estimate_inside_adam(dtype):
   grads = _gradients(dtype)
   step, state = _run(scale_by_core_adam(second_moment="factored"), grads)
   # The two largest axes: (6, 24, 8, 5) factors over 24 (d0) and 8 (d1); (24, 12) over both.
-  assert state.nu["t"].row.shape == (6, 8, 5) and state.nu["t"].col.shape == (6, 24, 5)
-  assert state.nu["m"].row.shape == (12,) and state.nu["m"].col.shape == (24,)
+  assert state.nu["t"].mean_d0.shape == (6, 8, 5) and state.nu["t"].mean_d1.shape == (6, 24, 5)
+  assert state.nu["m"].mean_d0.shape == (12,) and state.nu["m"].mean_d1.shape == (24,)
   assert state.nu["b"].shape == (7,)  # one axis: the full second moment
-  assert state.nu["t"].row.dtype == jnp.float32
+  assert state.nu["t"].mean_d0.dtype == jnp.float32
   for name, (d0, d1) in {"t": (1, 2), "m": (0, 1)}.items():
     want = _factored_oracle([g[name] for g in grads], d0=d0, d1=d1)
     got = np.asarray(step[name])

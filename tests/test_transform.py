@@ -16,6 +16,7 @@ from tensor_galore_optax import (
   TensorGaLoreState,
   TuckerSpec,
   optimizer_state_bytes,
+  scale_by_core_adam,
   tensor_galore,
   tensor_galore_adamw,
 )
@@ -528,6 +529,30 @@ def test_the_chain_and_the_one_call_optimizer_are_one_algorithm_with_one_set_of_
     )
     chex.assert_trees_all_equal(a, b)
   assert float(jnp.linalg.norm(a["m"] - c["m"])) > 0.1 * float(jnp.linalg.norm(c["m"]))
+
+
+def test_the_compact_settings_are_the_same_optimizer_in_a_chain_and_in_one_call():
+  key = jax.random.key(22)
+  params = {"w": _complex_normal(key, (24, 24, 8, 5)), "m": jax.random.normal(key, (64, 48))}
+  adam = dict(second_moment="factored", mu_dtype="bfloat16")
+  chain = optax.chain(
+    tensor_galore(rank=0.25, min_size=1000, base_optimizer=scale_by_core_adam(**adam)),
+    optax.add_decayed_weights(1e-4),
+    optax.scale_by_learning_rate(1e-3),
+  )
+  one_call = tensor_galore_adamw(1e-3, rank=0.25, min_size=1000, **adam)
+  states = [tx.init(params) for tx in (chain, one_call)]
+  chex.assert_trees_all_equal_shapes_and_dtypes(*states)
+  for step in range(3):
+    grads = jax.tree.map(lambda p, k=step: p * (k + 1) + 0.1, params)
+    (a, states[0]), (b, states[1]) = (
+      jax.jit(tx.update)(grads, s, params) for tx, s in zip((chain, one_call), states)
+    )
+    chex.assert_trees_all_equal(a, b)
+  # The first moments are bfloat16 (pairs for the complex core), the second moments factored.
+  adam_state = states[1][0].base_optimizer_state
+  assert adam_state.mu["w"].shape == (6, 24, 8, 5, 2) and adam_state.mu["w"].dtype == jnp.bfloat16
+  assert adam_state.nu["w"].mean_d0.shape == (6, 8, 5) and adam_state.nu["m"].mean_d1.shape == (64,)
 
 
 def test_numpy_ranks_and_integers_from_a_config_are_accepted():
