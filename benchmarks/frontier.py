@@ -375,9 +375,18 @@ def run(task_name: str, name: str, lr: float, seed: int, *, dry_run: bool = Fals
 
 
 def lr_grid(task_name: str, name: str) -> list[float]:
-  """The three rates ``name`` gets first on ``task_name``."""
+  """The rates ``name`` gets first on ``task_name`` (three, or one from another task's sweeps)."""
+  task = frontier_tasks.TASKS[task_name]
+  if task.rates_from is not None:
+    best, adamw = best_lr(task.rates_from, name), best_lr(task.rates_from, "adamw")
+    if best is None or adamw is None:
+      raise SystemExit(
+        f"[{task_name}] {name}: its rate comes from {task.rates_from}'s sweeps; train "
+        f"`--task {task.rates_from} --optimizers adamw,{name}` first"
+      )
+    return [float(f"{task.lrs[0] * best / adamw:.3g}")]
   scale = FAMILY_LR_SCALE[OPTIMIZERS[name].family]
-  return [float(f"{scale * lr:.3g}") for lr in frontier_tasks.TASKS[task_name].lrs]
+  return [float(f"{scale * lr:.3g}") for lr in task.lrs]
 
 
 # A best rate at an end of the grid may not be the best rate: the sweep goes one grid step
@@ -396,13 +405,15 @@ def sweep(task_name: str, name: str) -> tuple[dict[float, float], float | None]:
   swept range, or ``MAX_EXTENSIONS`` rates were added. A missing run is the next rate.
   """
   grid = lr_grid(task_name, name)
-  step = grid[1] / grid[0]
   errors: dict[float, float] = {}
   for lr in grid:
     row = load_row(task_name, name, lr, 0)
     if row is None:
       return errors, lr
     errors[lr] = _error(row)
+  if len(grid) == 1:  # one rate by the task's design: nothing to extend
+    return errors, None
+  step = grid[1] / grid[0]
   for _ in range(MAX_EXTENSIONS):
     best = min(errors, key=lambda g: (errors[g], g))
     if not math.isfinite(errors[best]) or min(errors) < best < max(errors):
@@ -441,7 +452,7 @@ def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool)
     if lr is None:
       print(f"[{task_name}] {name}: the rate sweep is unfinished; no seeds yet")
       return
-    for seed in seeds:
+    for seed in frontier_tasks.TASKS[task_name].extra_seeds if seeds is None else seeds:
       run(task_name, name, lr, seed, dry_run=dry_run)
 
 
@@ -460,7 +471,8 @@ def summarise(task_name: str) -> list[dict]:
     if lr is None:
       continue
     errors_by_lr = dict(sorted(sweep(task_name, name)[0].items()))
-    rows = [r for s in (0, 1, 2) if (r := load_row(task_name, name, lr, s)) is not None]
+    seeds = (0, *frontier_tasks.TASKS[task_name].extra_seeds)
+    rows = [r for s in seeds if (r := load_row(task_name, name, lr, s)) is not None]
     errors = [_error(r) for r in rows]
     points.append(
       dict(
@@ -516,6 +528,8 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
       "| step / AdamW | seed-0 sweep |",
       "|---|---|---|---|---|---|---|---|",
     ]
+    if task.note:
+      lines[-2:-2] = [task.note, ""]
     for p in sorted(points, key=lambda p: p["state"]):
       sweep = ", ".join(f"{lr:g}: {_fmt(e, '.4f')}" for lr, e in p["sweep"].items())
       edge = " (edge)" if p["edge"] else ""
@@ -589,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     default="all",
     help="lr: seed 0 at the three rates; seeds: seeds 1 and 2 at the best; all: both",
   )
-  parser.add_argument("--seeds", default="1,2", help="the seeds beyond 0 (default 1,2)")
+  parser.add_argument("--seeds", help="the seeds beyond 0 (default: the task's, 1,2 mostly)")
   parser.add_argument("--dry-run", action="store_true", help="print the runs that would train")
   parser.add_argument("--plot", action="store_true", help="write the figure and tables")
   args = parser.parse_args(argv)
@@ -604,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
       parser.error(f"unknown optimizers {unknown}; see --optimizers list")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s]
     for name in names:
       if OPTIMIZERS[name].call_for(args.task) is None:
         print(f"[{args.task}] {name}: not applicable")
