@@ -180,8 +180,8 @@ OPTIMIZERS: dict[str, Optimizer] = {
 # each a point measured on the frontier (written to settings.json by --plot).
 SETTINGS = {
   "default": {"rank": 0.25},
-  "small": {"rank": 0.1},
-  "smallest": {"rank": 0.05},
+  "compact": {"rank": 0.25, "second_moment": "factored", "mu_dtype": "bfloat16"},
+  "smallest": {"rank": 0.1, "second_moment": "factored", "mu_dtype": "bfloat16"},
 }
 
 # The order in which `--task` trains when no --optimizers are named: the peers and the
@@ -375,15 +375,13 @@ def run(task_name: str, name: str, lr: float, seed: int, *, dry_run: bool = Fals
 
 
 def lr_grid(task_name: str, name: str) -> list[float]:
-  """The rates ``name`` gets first on ``task_name`` (three, or one from another task's sweeps)."""
+  """The rates ``name`` gets first on ``task_name``: three, or one from another task's sweeps
+  (none while those are unfinished)."""
   task = frontier_tasks.TASKS[task_name]
   if task.rates_from is not None:
     best, adamw = best_lr(task.rates_from, name), best_lr(task.rates_from, "adamw")
     if best is None or adamw is None:
-      raise SystemExit(
-        f"[{task_name}] {name}: its rate comes from {task.rates_from}'s sweeps; train "
-        f"`--task {task.rates_from} --optimizers adamw,{name}` first"
-      )
+      return []  # not yet known
     return [float(f"{task.lrs[0] * best / adamw:.3g}")]
   scale = FAMILY_LR_SCALE[OPTIMIZERS[name].family]
   return [float(f"{scale * lr:.3g}") for lr in task.lrs]
@@ -405,6 +403,8 @@ def sweep(task_name: str, name: str) -> tuple[dict[float, float], float | None]:
   swept range, or ``MAX_EXTENSIONS`` rates were added. A missing run is the next rate.
   """
   grid = lr_grid(task_name, name)
+  if not grid:
+    return {}, None
   errors: dict[float, float] = {}
   for lr in grid:
     row = load_row(task_name, name, lr, 0)
@@ -429,7 +429,7 @@ def sweep(task_name: str, name: str) -> tuple[dict[float, float], float | None]:
 def best_lr(task_name: str, name: str) -> float | None:
   """The rate of the lowest seed-0 error of a finished sweep (``None`` if unfinished)."""
   errors, missing = sweep(task_name, name)
-  if missing is not None:
+  if missing is not None or not errors:
     return None
   return min(errors, key=lambda g: (errors[g], g))
 
@@ -443,6 +443,13 @@ def load_row(task_name: str, name: str, lr: float, seed: int) -> dict | None:
 
 def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool) -> None:
   """Seed 0 at every rate, then (``stage`` ``all`` or ``seeds``) the other seeds at the best."""
+  task = frontier_tasks.TASKS[task_name]
+  if not lr_grid(task_name, name):
+    print(
+      f"[{task_name}] {name}: its rate comes from {task.rates_from}'s sweeps; train "
+      f"`--task {task.rates_from} --optimizers adamw,{name}` first"
+    )
+    return
   if stage in ("lr", "all"):
     while (lr := sweep(task_name, name)[1]) is not None:
       if run(task_name, name, lr, 0, dry_run=dry_run) is None:
@@ -452,7 +459,7 @@ def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool)
     if lr is None:
       print(f"[{task_name}] {name}: the rate sweep is unfinished; no seeds yet")
       return
-    for seed in frontier_tasks.TASKS[task_name].extra_seeds if seeds is None else seeds:
+    for seed in task.extra_seeds if seeds is None else seeds:
       run(task_name, name, lr, seed, dry_run=dry_run)
 
 
@@ -544,38 +551,84 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _kind(point: dict) -> str:
+  """ "library" (`tensor_galore_adamw`'s settings), "peer" (optax alone) or "research"."""
+  if point["library"]:
+    return "library"
+  return "research" if "tensor_galore" in point["call"] or "levers." in point["call"] else "peer"
+
+
+def pareto(points: list[dict]) -> list[dict]:
+  """The points no other point beats in both state and error, by increasing state."""
+  front, best = [], math.inf
+  for p in sorted(points, key=lambda p: (p["state"], p["error_ratio"])):
+    if p["error_ratio"] < best:
+      front.append(p)
+      best = p["error_ratio"]
+  return front
+
+
 def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
-  """Error / AdamW against state / AdamW (log), one panel per task; the library's points joined."""
+  """Error / AdamW against state / AdamW (log), a panel per task; the library's best joined.
+
+  The library's settings are blue circles, joined where no other of them has both less
+  state and less error; each optax optimizer has its own marker; the research settings
+  (other compositions of the library's parts) are small grey crosses.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   tasks = [t for t, p in points_by_task.items() if p]
-  fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
-  markers = "osD^v<>phX*P8"
-  for ax, task_name in zip(axes[0], tasks, strict=True):
+  columns = min(3, len(tasks))
+  rows = -(-len(tasks) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.6 * rows), squeeze=False)
+  peer_style = {}
+  markers = "sD^v<>phP*8"
+  for ax, task_name in zip(axes.flat, tasks):
     points = [p for p in points_by_task[task_name] if math.isfinite(p["mean"])]
-    lib = sorted((p for p in points if p["library"]), key=lambda p: p["state"])
-    ax.plot([p["state"] for p in lib], [p["error_ratio"] for p in lib], "-", color="C0", zorder=1)
-    for i, p in enumerate(sorted(points, key=lambda p: p["state"])):
+    library = [p for p in points if _kind(p) == "library"]
+    front = pareto(library)
+    ax.plot([p["state"] for p in front], [p["error_ratio"] for p in front], "-", color="C0")
+    for p in points:
+      kind = _kind(p)
+      if kind == "library":
+        style = dict(marker="o", color="C0", markersize=5)
+      elif kind == "research":
+        style = dict(marker="x", color="0.6", markersize=4)
+      else:
+        n = peer_style.setdefault(p["optimizer"], len(peer_style))
+        style = dict(marker=markers[n % len(markers)], color=f"C{1 + n % 9}", markersize=6)
       ax.errorbar(
-        p["state"],
-        p["error_ratio"],
-        yerr=p["std_ratio"],
-        marker=markers[i % len(markers)],
-        color="C0" if p["library"] else f"C{1 + i % 9}",
-        linestyle="none",
-        capsize=2,
-        label=p["optimizer"],
+        p["state"], p["error_ratio"], yerr=p["std_ratio"], linestyle="none", capsize=2, **style
       )
+      if kind != "research":
+        label = p["optimizer"].removeprefix("tg_") if kind == "library" else ""
+        ax.annotate(
+          label,
+          (p["state"], p["error_ratio"]),
+          fontsize=6,
+          xytext=(3, 3),
+          textcoords="offset points",
+          color="C0",
+        )
     ax.axhline(1.0, color="gray", lw=0.5)
     ax.set_xscale("log")
-    ax.set_xlabel("optimizer state / AdamW's")
-    ax.set_ylabel("test error / AdamW's")
-    ax.set_title(task_name)
-    ax.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
+    ax.set(xlabel="optimizer state / AdamW's", ylabel="test error / AdamW's", title=task_name)
+  for ax in axes.flat[len(tasks) :]:
+    ax.axis("off")
+  handles = [
+    plt.Line2D([], [], marker="o", color="C0", label="tensor_galore_adamw (settings: labels)"),
+    plt.Line2D([], [], marker="x", color="0.6", ls="none", label="research compositions"),
+  ] + [
+    plt.Line2D(
+      [], [], marker=markers[n % len(markers)], color=f"C{1 + n % 9}", ls="none", label=name
+    )
+    for name, n in peer_style.items()
+  ]
+  fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
   out.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(out, dpi=120)
 

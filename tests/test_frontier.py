@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -59,9 +60,22 @@ def test_every_optimizer_builds_and_counts_its_state():
   params = nnx.to_pure_dict(nnx.split(_tiny_task().model(0))[1])
   adamw = frontier.state_bytes(frontier.build_optimizer("optax.adamw(lr)", 1e-3, params), params)
   for name, opt in frontier.OPTIMIZERS.items():
-    call = opt.call_for("burgers")
+    # The call of the task it applies to (a few apply to the FNO only: its params are these too).
+    call = next(c for t in frontier_tasks.TASKS if (c := opt.call_for(t)) is not None)
     tx = frontier.build_optimizer(call, 1e-3, params)
     assert frontier.state_bytes(tx, params) > 0, name
   # AdamW keeps two float32 moments per parameter and one step counter.
   n = sum(a.size for a in jax.tree.leaves(params))
   assert adamw == 8 * n + 4
+
+
+def test_each_named_setting_is_a_measured_point_and_plain_json():
+  """settings.json maps names to keyword arguments of `tensor_galore_adamw` that a config
+  file can hold, each the call of one of the frontier's library points."""
+  calls = {opt.call for opt in frontier.OPTIMIZERS.values() if opt.library}
+  for name, kwargs in frontier.SETTINGS.items():
+    assert json.loads(json.dumps(kwargs)) == kwargs, name
+    arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()).replace("'", '"')
+    assert f"tensor_galore_adamw(lr, {arguments})" in calls, name
+    params = {"w": jnp.zeros((24, 24, 8, 5), jnp.complex64)}
+    assert frontier.state_bytes(frontier.tensor_galore_adamw(1e-3, **kwargs), params) > 0
