@@ -136,6 +136,16 @@ OPTIMIZERS: dict[str, Optimizer] = {
     )
     for r in (0.05, 0.1, 0.25, 0.5)
   },
+  # Levers i and ii with steps relative to each weight's root mean square (Adafactor's).
+  **{
+    f"tg_{r}_factored_bf16_relative": Optimizer(
+      f'tensor_galore_adamw(lr, rank={r}, second_moment="factored", mu_dtype="bfloat16", '
+      "multiply_by_parameter_scale=True)",
+      "adafactor",
+      library=True,
+    )
+    for r in (0.1, 0.25)
+  },
   # Below 0.05x on the FNO: the same state spent differently. A refresh every 50 steps (not
   # 200) keeps a small subspace closer to the gradient; two channel modes at ~0.32 each (not
   # one at 0.1) keep both sides of a spectral weight.

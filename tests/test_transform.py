@@ -555,6 +555,34 @@ def test_the_compact_settings_are_the_same_optimizer_in_a_chain_and_in_one_call(
   assert adam_state.nu["w"].mean_d0.shape == (6, 8, 5) and adam_state.nu["m"].mean_d1.shape == (64,)
 
 
+def test_a_step_relative_to_the_parameter_scale_is_the_chain_it_names_and_scales_with_the_weights():
+  key = jax.random.key(23)
+  params = {"w": _complex_normal(key, (24, 24, 8, 5)), "m": jax.random.normal(key, (64, 48))}
+  grads = jax.tree.map(lambda p: 0.5 * p + 0.1, params)
+  adam = dict(second_moment="factored", mu_dtype="bfloat16")
+  one_call = tensor_galore_adamw(1e-2, min_size=1000, multiply_by_parameter_scale=True, **adam)
+  chain = optax.chain(
+    tensor_galore(min_size=1000, base_optimizer=scale_by_core_adam(**adam)),
+    optax.scale_by_param_block_rms(),
+    optax.add_decayed_weights(1e-4),
+    optax.scale_by_learning_rate(1e-2),
+  )
+  a, _ = jax.jit(one_call.update)(grads, one_call.init(params), params)
+  b, _ = jax.jit(chain.update)(grads, chain.init(params), params)
+  chex.assert_trees_all_equal(a, b)
+  # Weights three times larger, the same gradients, no decay: steps three times longer.
+  relative = tensor_galore_adamw(
+    1e-2, min_size=1000, weight_decay=0.0, multiply_by_parameter_scale=True
+  )
+  small, _ = relative.update(grads, relative.init(params), params)
+  large_params = jax.tree.map(lambda p: 3 * p, params)
+  large, _ = relative.update(grads, relative.init(large_params), large_params)
+  for name in params:
+    np.testing.assert_allclose(large[name], 3 * small[name], rtol=1e-5, atol=1e-7)
+  with pytest.raises(TypeError, match="multiply_by_parameter_scale"):
+    tensor_galore_adamw(1e-3, multiply_by_parameter_scale="yes")
+
+
 def test_numpy_ranks_and_integers_from_a_config_are_accepted():
   params = {"w": jnp.ones((16, 12, 8))}
   for rank in (np.int64(4), np.float32(0.25)):
