@@ -561,6 +561,36 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+# The summary's columns: a name and the optimizer (a key of OPTIMIZERS) it shows.
+SUMMARY_COLUMNS = (
+  ("default", "tg_0.25"),
+  ("compact", "tg_0.25_factored_bf16"),
+  ("compact, relative step", "tg_0.25_factored_bf16_relative"),
+  ("smallest", "tg_0.1_factored_bf16"),
+  ("smallest, relative step", "tg_0.1_factored_bf16_relative"),
+  ("Adafactor", "adafactor"),
+  ("Adafactor, bf16 momentum", "adafactor_momentum_bf16"),
+)
+
+
+def summary(points_by_task: dict[str, list[dict]]) -> str:
+  """Per task, error / AdamW's and state / AdamW's of the named settings and two peers."""
+  head = "| task | " + " | ".join(name for name, _ in SUMMARY_COLUMNS) + " |"
+  lines = [head, "|---" * (len(SUMMARY_COLUMNS) + 1) + "|"]
+  for task_name, points in points_by_task.items():
+    by_name = {p["optimizer"]: p for p in points}
+    if "adamw" not in by_name:
+      continue
+    cells = []
+    for _, name in SUMMARY_COLUMNS:
+      p = by_name.get(name)
+      cells.append(
+        "-" if p is None else f"{_fmt(p['error_ratio'])} / {p['state']:.3f} ({len(p['errors'])})"
+      )
+    lines.append(f"| {task_name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def _kind(point: dict) -> str:
   """ "library" (`tensor_galore_adamw`'s settings), "peer" (optax alone) or "research"."""
   if point["library"]:
@@ -648,6 +678,7 @@ def collect() -> None:
   points = {t: summarise(t) for t in frontier_tasks.TASKS}
   plot(points, RESULTS / "frontier.png")
   (RESULTS / "frontier.md").write_text(markdown(points))
+  (RESULTS / "summary.md").write_text(summary(points))
   (RESULTS / "frontier.json").write_text(json.dumps(points, indent=1))
   (RESULTS / "settings.json").write_text(json.dumps(SETTINGS, indent=2) + "\n")
   print((RESULTS / "frontier.md").read_text())

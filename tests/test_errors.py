@@ -9,7 +9,13 @@ import optax
 import pytest
 from _helpers import raises_naming
 
-from tensor_galore_optax import TuckerSpec, projection_plan, tensor_galore, tensor_galore_adamw
+from tensor_galore_optax import (
+  TuckerSpec,
+  projection_plan,
+  scale_by_core_adam,
+  tensor_galore,
+  tensor_galore_adamw,
+)
 
 # --- tensor_galore(...): at construction -------------------------------------------------------
 
@@ -50,6 +56,20 @@ ADAMW = {
   "positional rank": ((1e-3, 0.25), {}, TypeError, ["tensor_galore_adamw(rank=0.25)"]),
   "bad rank": ((1e-3,), {"rank": 0}, ValueError, ["rank must be positive"]),
   "bad scale": ((1e-3,), {"scale": 0}, ValueError, ["scale must be a positive number"]),
+  "second moment unknown": (
+    (1e-3,),
+    {"second_moment": "adafactor"},
+    ValueError,
+    ["second_moment must be one of", "'factored'", "'adafactor'"],
+  ),
+  "mu_dtype not a dtype": ((1e-3,), {"mu_dtype": "bf16"}, TypeError, ["mu_dtype", "'bf16'"]),
+  "mu_dtype an integer": ((1e-3,), {"mu_dtype": jnp.int8}, TypeError, ["mu_dtype", "floating"]),
+  "parameter scale not a bool": (
+    (1e-3,),
+    {"multiply_by_parameter_scale": 1},
+    TypeError,
+    ["multiply_by_parameter_scale must be True or False, got 1"],
+  ),
 }
 
 
@@ -58,6 +78,26 @@ def test_tensor_galore_adamw_refuses_bad_arguments_at_construction(case):
   args, kwargs, error, words = ADAMW[case]
   with raises_naming(error, *words):
     tensor_galore_adamw(*args, **kwargs)
+
+
+# --- scale_by_core_adam(...) --------------------------------------------------------------------
+
+CORE_ADAM = {
+  "second moment unknown": (
+    {"second_moment": "adafactor"},
+    ValueError,
+    ["second_moment must be one of", "'factored'"],
+  ),
+  "mu_dtype not a dtype": ({"mu_dtype": "bf16"}, TypeError, ["mu_dtype", "'bf16'"]),
+  "mu_dtype an integer": ({"mu_dtype": jnp.int8}, TypeError, ["mu_dtype", "floating"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CORE_ADAM))
+def test_scale_by_core_adam_refuses_bad_arguments_naming_them(case):
+  kwargs, error, words = CORE_ADAM[case]
+  with raises_naming(error, *words):
+    scale_by_core_adam(**kwargs)
 
 
 # --- TuckerSpec(...) ----------------------------------------------------------------------------
