@@ -173,6 +173,22 @@ OPTIMIZERS: dict[str, Optimizer] = {
     "optax.add_decayed_weights(1e-4), optax.scale_by_learning_rate(lr))",
     "adafactor",
   ),
+  # TensorGRaD's sparse plus low-rank split: near 0.05x of AdamW's state, and the authors'
+  # proportions (rank 0.2, 5 % of the entries sparse), with levers i and ii.
+  "slr_0.025_0.02": Optimizer(
+    {
+      t: "levers.sparse_plus_low_rank(lr, params, rank=0.025, sparse_ratio=0.02, "
+      'mu_dtype="bfloat16", second_moment="factored")'
+      for t in ("darcy16", "burgers")
+    }
+  ),
+  "slr_0.2_0.05": Optimizer(
+    {
+      t: "levers.sparse_plus_low_rank(lr, params, rank=0.2, sparse_ratio=0.05, "
+      'mu_dtype="bfloat16", second_moment="factored")'
+      for t in ("darcy16", "burgers")
+    }
+  ),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(
