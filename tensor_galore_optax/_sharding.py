@@ -13,7 +13,9 @@ containing it included):
   them (a Tucker core, projected per axis) follows the parameter's
   `PartitionSpec` axis by axis, keeping a mesh axis only where the core's size
   on that dimension stays divisible by the mesh axis size, else that dimension
-  is replicated. Any other leaf (a core of grouped modes, whose dimensions are
+  is replicated. A complex core's first moment stored as (real, imaginary)
+  pairs (a trailing dimension of 2) follows the same rule on its other
+  dimensions. Any other leaf (a core of grouped modes, whose dimensions are
   not the parameter's) is replicated. Shapes are all the helper sees: a core
   of modes that permute the axes is matched by position.
 * Everything else (step counts, hyper-parameters, scalars) is replicated.
@@ -87,6 +89,9 @@ def _core_sharding(
   mesh = sharding.mesh
   if tuple(shape) == tuple(param_shape):
     return sharding
+  if len(shape) == len(param_shape) + 1 and shape[-1] == 2:
+    # A complex moment stored as (real, imaginary) pairs: the pairs stay together.
+    return _core_sharding(shape[:-1], param_shape, sharding, shard_projected_axes)
   if len(shape) != len(param_shape) or any(s > p for s, p in zip(shape, param_shape)):
     # Grouped modes: the core's dimensions are not the parameter's.
     return NamedSharding(mesh, PartitionSpec(), memory_kind=sharding.memory_kind)

@@ -57,6 +57,21 @@ def test_cores_follow_the_param_spec_where_divisible(rank, expected):
   assert shardings[0].base_optimizer_state.nu["w"].spec == expected
 
 
+def test_compact_settings_shard_the_paired_first_moment_and_replicate_the_factored_second():
+  params = {"w": _struct((16, 16, 8, 5), jnp.complex64)}
+  tx = tensor_galore_adamw(
+    1e-3, rank=(8, 6, None, None), min_size=1, second_moment="factored", mu_dtype="bfloat16"
+  )
+  shardings = optimizer_state_shardings(tx, params, {"w": _named("model", "data")})
+  # (8, 6, 8, 5, 2) bfloat16 pairs: the core's rule, the pairs whole.
+  assert _mu(shardings)["w"].spec == P("model", "data")
+  # The row and column means: a few numbers per leaf, replicated.
+  nu = shardings[0].base_optimizer_state.nu["w"]
+  assert nu.mean_d0.spec == P() and nu.mean_d1.spec == P()
+  state = jax.eval_shape(tx.init, params)[0].base_optimizer_state
+  assert state.mu["w"].shape == (8, 6, 8, 5, 2)
+
+
 def test_factors_counts_and_unprojected_leaves():
   params = {"w": _struct((16, 16, 8, 5), jnp.complex64), "b": _struct((16,))}
   param_shardings = {"w": _named("model"), "b": _named("model")}
