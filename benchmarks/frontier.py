@@ -208,6 +208,19 @@ SETTINGS = {
   "default": {"rank": 0.25},
   "compact": {"rank": 0.25, "second_moment": "factored", "mu_dtype": "bfloat16"},
   "smallest": {"rank": 0.1, "second_moment": "factored", "mu_dtype": "bfloat16"},
+  # Steps relative to each weight's size: the learning rate must be tuned anew for these.
+  "compact_relative": {
+    "rank": 0.25,
+    "second_moment": "factored",
+    "mu_dtype": "bfloat16",
+    "multiply_by_parameter_scale": True,
+  },
+  "smallest_relative": {
+    "rank": 0.1,
+    "second_moment": "factored",
+    "mu_dtype": "bfloat16",
+    "multiply_by_parameter_scale": True,
+  },
 }
 
 # The order in which `--task` trains when no --optimizers are named: the peers and the
