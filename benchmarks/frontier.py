@@ -535,7 +535,7 @@ def summarise(task_name: str) -> list[dict]:
         state=rows[0]["state_bytes"] / rows[0]["adamw_state_bytes"],
         state_bytes=rows[0]["state_bytes"],
         step_time_s=statistics.median(r["step_time_s"] for r in rows),
-        edge=lr in (min(errors_by_lr), max(errors_by_lr)),
+        edge=len(errors_by_lr) > 1 and lr in (min(errors_by_lr), max(errors_by_lr)),
       )
     )
   ref = next((p for p in points if p["optimizer"] == "adamw"), None)
