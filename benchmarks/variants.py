@@ -21,6 +21,8 @@ by ``tensor_galore_defaults``); every other leaf keeps full-size Adam moments.
   coordinates, so Adam normalises each of them as it does at full size. This is
   also matrix GaLore as GaLore's reference code orients it: the smaller side of
   the ``(in, out * mx * my)`` matrix projected.
+* ``tensor_galore_compact``: the defaults with a factored second moment and a
+  bfloat16 first moment (the frontier's ``compact`` setting).
 * ``tensor_galore_defaults`` (the harness's default): `tensor_galore_adamw`
   with no spec: the library's defaults on every leaf large enough, whatever the model (the only
   projected variant for ``--preset cnn`` and ``mlp``, which have no spectral
@@ -40,7 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -105,10 +108,12 @@ class Variant(NamedTuple):
       Tensor-GaLore rank), ``"matched"`` (the int rank whose state is closest
       in bytes to ``tensor_galore``'s at the Tensor-GaLore rank, see
       `matched_rank`) or ``None`` (the optimizer has no rank).
+    options: More keyword arguments of `tensor_galore_adamw`.
   """
 
   spec_of: SpecOf | None
   default_rank: str | None = "tensor_rank"
+  options: Mapping[str, Any] = types.MappingProxyType({})  # read-only: one shared default
 
 
 DEFAULTS: SpecOf = lambda rank: None
@@ -121,6 +126,9 @@ OPTIMIZERS: dict[str, Variant] = {
   "tensor_galore": Variant(every_mode),
   "tensor_galore_in_channels": Variant(input_channels),
   "tensor_galore_defaults": Variant(DEFAULTS),
+  "tensor_galore_compact": Variant(
+    DEFAULTS, options={"second_moment": "factored", "mu_dtype": "bfloat16"}
+  ),
 }
 
 DEFAULT = "tensor_galore_defaults"
@@ -202,6 +210,7 @@ def make_optimizer(
     update_proj_gap=update_proj_gap,
     scale=scale,
     residual_scale=residual_scale or None,
+    **_variant(name).options,
   )
 
 
