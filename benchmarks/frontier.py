@@ -189,6 +189,11 @@ OPTIMIZERS: dict[str, Optimizer] = {
       for t in ("darcy16", "burgers")
     }
   ),
+  # The conv net's loss jumps at the first refresh (step 200): the same without a refresh
+  # after step 0 (a diagnosis, run at the default's best rate and seeds only).
+  "tg_0.25_one_refresh": Optimizer(
+    {"cnn16": "tensor_galore_adamw(lr, rank=0.25, update_proj_gap=1000)"}
+  ),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(
