@@ -510,7 +510,7 @@ def tensor_galore_adamw(
       mean square (at least 1e-3), as ``optax.adafactor`` does by default
       (``optax.scale_by_param_block_rms``, before the decay): the learning
       rate becomes a step relative to each weight's size. Not AdamW's rate
-      any more: retune it (the frontier's best were 3 to 90 times AdamW's).
+      any more: retune it (the frontier's best were 3 to 30 times AdamW's).
       Needs ``params`` in ``update``.
 
   Returns:
