@@ -197,17 +197,12 @@ OPTIMIZERS: dict[str, Optimizer] = {
   # The same with each core step clipped to a root mean square of at most 1 (Adafactor's
   # update clipping): a stateless guard against the steps a refresh makes too long.
   "tg_0.25_clip": Optimizer(
-    "optax.chain(tensor_galore(rank=0.25, base_optimizer=optax.chain(scale_by_core_adam(), "
-    "optax.clip_by_block_rms(1.0))), optax.add_decayed_weights(1e-4), "
-    "optax.scale_by_learning_rate(lr))"
+    {
+      "cnn16": "optax.chain(tensor_galore(rank=0.25, base_optimizer=optax.chain("
+      "scale_by_core_adam(), optax.clip_by_block_rms(1.0))), optax.add_decayed_weights(1e-4), "
+      "optax.scale_by_learning_rate(lr))"
+    }
   ),
-  # The base optimizer's moments carried into the new basis at a refresh: the first moment
-  # rotated (exact on the subspace both bases share), the second kept, rotated with squared
-  # overlaps, or rotated with the directions new to the subspace given the mean.
-  **{
-    f"tg_0.25_{m}": Optimizer(f'tensor_galore_adamw(lr, rank=0.25, _moments_at_refresh="{m}")')
-    for m in ("rotate_mu", "rotate", "rotate_complete")
-  },
   # `smallest` with the step per direction of Adam's length (not the matched sqrt(I / R)
   # times it), a faster second moment, or a longer refresh gap.
   "tg_0.1_factored_bf16_scale1": Optimizer(
@@ -222,11 +217,6 @@ OPTIMIZERS: dict[str, Optimizer] = {
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
     "update_proj_gap=500)"
   ),
-  # The projected step ramped up over the first steps after each refresh.
-  **{
-    f"tg_0.25_warmup{k}": Optimizer(f"tensor_galore_adamw(lr, rank=0.25, _refresh_warmup={k})")
-    for k in (10, 25, 50, 100)
-  },
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensor_galore_optax import _moments, _plan, _refresh, _residual, _rotate, _sharding, _tucker
+from tensor_galore_optax import _moments, _plan, _refresh, _residual, _sharding, _tucker
 from tensor_galore_optax._adam import SecondMoment, scale_by_core_adam
 from tensor_galore_optax._plan import MATCHED, SpecLike
 from tensor_galore_optax._state import TensorGaLoreState, as_state
@@ -181,12 +181,8 @@ def _to_full(
   """
   if plan is None:
     return step, moments
-  ramp = 1.0
-  if isinstance(scale, tuple):
-    scale, ramp = scale
   if isinstance(scale, str):
     scale = _matched_scale(plan)
-  scale = scale * ramp
   work = jnp.result_type(step, *factors)
   full = scale * plan.back_project(step.astype(work), factors)
   if _residual.applies(plan, residual_scale):
@@ -210,8 +206,6 @@ def tensor_galore(
   min_size: int = _plan.MIN_SIZE,
   spec: SpecLike = None,
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
-  _moments_at_refresh: str = "keep",
-  _refresh_warmup: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -400,39 +394,14 @@ def tensor_galore(
       _to_core(plan, grad, factors, now)
       for plan, grad, (factors, _) in zip(tree.plans, grads, held)
     ]
-    base_state = state.base_optimizer_state
-    if _moments_at_refresh != "keep":
-      mu_only = _moments_at_refresh == "rotate_mu"
-      complete = _moments_at_refresh == "rotate_complete"
-
-      def rotate(base_state):
-        def fn(name, moments):
-          second = _moments.is_second_order(name)
-          if second and mu_only:
-            return moments
-          rotated = [
-            m if plan is None else _rotate.rotate_moment(
-              plan, m, held_i[0], proj_i[1], second_order=second, complete=complete)
-            for plan, m, held_i, proj_i in zip(
-              tree.plans, tree.per_leaf(moments, name), held, projected)
-          ]
-          return tree.unflatten(rotated)
-        return _moments.map_moments(fn, base_state, cores_like)
-
-      base_state = jax.lax.cond(now, rotate, lambda s: s, base_state)
     steps, base_state = base.update(
       tree.unflatten([core for _, _, core in projected]),
-      base_state,
+      state.base_optimizer_state,
       None,
       **extra_args,
     )
-    leaf_scale = scale
-    if _refresh_warmup:
-      ramp = jnp.minimum(1.0, ((state.count % update_proj_gap) + 1) / _refresh_warmup)
-      ramp = jnp.where(state.count < update_proj_gap, 1.0, ramp)
-      leaf_scale = ("matched", ramp) if scale == MATCHED else (scale, ramp)
     to_full = functools.partial(
-      _to_full, scale=leaf_scale, residual_scale=residual_scale, count=state.count
+      _to_full, scale=scale, residual_scale=residual_scale, count=state.count
     )
     full = [
       to_full(plan, step, tensor, core, factors, moments, dtype=grad.dtype)
@@ -485,8 +454,6 @@ def tensor_galore_adamw(
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
   second_moment: SecondMoment = "full",
   multiply_by_parameter_scale: bool = False,
-  _moments_at_refresh: str = "keep",
-  _refresh_warmup: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -580,8 +547,6 @@ def tensor_galore_adamw(
     min_size=min_size,
     spec=spec,
     residual_scale=residual_scale,
-    _moments_at_refresh=_moments_at_refresh,
-    _refresh_warmup=_refresh_warmup,
   )
   relative = [optax.scale_by_param_block_rms()] if multiply_by_parameter_scale else []
   return optax.chain(
