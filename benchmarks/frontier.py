@@ -84,6 +84,8 @@ _AF = "optax.adafactor(lr, min_dim_size_to_factor=8"
 OPTIMIZERS: dict[str, Optimizer] = {
   "adamw": Optimizer("optax.adamw(lr)"),
   "adamw_bf16_mu": Optimizer("optax.adamw(lr, mu_dtype=jnp.bfloat16)"),
+  # The control for the library's b2=0.99 runs: AdamW with the same second-moment decay.
+  "adamw_b2_0.99": Optimizer("optax.adamw(lr, b2=0.99)"),
   "adafactor": Optimizer(_AF + ")", "adafactor"),
   "adafactor_momentum": Optimizer(_AF + ", momentum=0.9)", "adafactor"),
   "adafactor_momentum_bf16": Optimizer(
@@ -213,6 +215,18 @@ OPTIMIZERS: dict[str, Optimizer] = {
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
     "b2=0.99)"
   ),
+  **{
+    f"tg_{r}_factored_bf16{rel}_b2_0.99": Optimizer(
+      f'tensor_galore_adamw(lr, rank={r}, second_moment="factored", mu_dtype="bfloat16", '
+      + ("multiply_by_parameter_scale=True, " if rel else "")
+      + "b2=0.99)",
+      "adafactor" if rel else "adam",
+    )
+    for r in (0.1, 0.25)
+    for rel in ("", "_relative")
+    if (r, rel) != (0.1, "")
+  },
+  "tg_0.25_b2_0.99": Optimizer("tensor_galore_adamw(lr, rank=0.25, b2=0.99)"),
   "tg_0.1_factored_bf16_gap500": Optimizer(
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
     "update_proj_gap=500)"
