@@ -679,6 +679,10 @@ def pareto(points: list[dict]) -> list[dict]:
   return front
 
 
+# The plot's highest error / AdamW's; points above it are named at the top edge.
+PLOT_TOP = 1.6
+
+
 def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
   """Error / AdamW against state / AdamW (log), a panel per task; the library's best joined.
 
@@ -725,6 +729,21 @@ def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
           color="C0",
         )
     ax.axhline(1.0, color="gray", lw=0.5)
+    # A collapsed run's error (or spread) would squeeze every other point into a sliver: the
+    # axis stops at PLOT_TOP and the points above it are written at its edge.
+    if any(p["error_ratio"] + p["std_ratio"] > PLOT_TOP for p in points):
+      lowest = min(p["error_ratio"] for p in points)
+      ax.set_ylim(bottom=lowest - 0.1 * (PLOT_TOP - lowest), top=PLOT_TOP)
+      for p in points:
+        if p["error_ratio"] > PLOT_TOP:
+          ax.annotate(
+            f"{p['optimizer'].removeprefix('tg_')} {p['error_ratio']:.2f} (off the axis)",
+            (p["state"], PLOT_TOP),
+            fontsize=6,
+            xytext=(3, -9),
+            textcoords="offset points",
+            color="C0" if _kind(p) == "library" else "0.3",
+          )
     ax.set_xscale("log")
     ax.set(xlabel="optimizer state / AdamW's", ylabel="test error / AdamW's", title=task_name)
   for ax in axes.flat[len(tasks) :]:
