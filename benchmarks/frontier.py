@@ -208,8 +208,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
   # `smallest` with the step per direction of Adam's length (not the matched sqrt(I / R)
   # times it), and with a longer refresh gap.
   "tg_0.1_factored_bf16_scale1": Optimizer(
-    'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
-    "scale=1.0)"
+    'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", scale=1.0)'
   ),
   # A second moment that forgets in ~100 steps, not ~1000 (`adamw_b2_0.99` is the control).
   "tg_0.25_b2_0.99": Optimizer("tensor_galore_adamw(lr, rank=0.25, b2=0.99)"),

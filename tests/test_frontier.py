@@ -79,3 +79,15 @@ def test_each_named_setting_is_a_measured_point_and_plain_json():
     assert f"tensor_galore_adamw(lr, {arguments})" in calls, name
     params = {"w": jnp.zeros((24, 24, 8, 5), jnp.complex64)}
     assert frontier.state_bytes(frontier.tensor_galore_adamw(1e-3, **kwargs), params) > 0
+
+
+def test_refresh_overlap_is_one_for_the_same_subspace_and_zero_for_orthogonal_ones():
+  from benchmarks.refresh_overlap import overlap
+
+  q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (12, 12)))
+  a, b = q[:, :3], q[:, 3:6]
+  rotated = a @ jnp.linalg.qr(jax.random.normal(jax.random.key(1), (3, 3)))[0]
+  np.testing.assert_allclose(overlap(a, rotated), 1.0, rtol=1e-5)  # a basis change within it
+  np.testing.assert_allclose(overlap(a, b), 0.0, atol=1e-6)
+  mixed = (a + b) / np.sqrt(2)  # each new column half in the old subspace
+  np.testing.assert_allclose(overlap(a, mixed), 0.5, rtol=1e-5)
