@@ -226,6 +226,10 @@ OPTIMIZERS: dict[str, Optimizer] = {
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
     "update_proj_gap=500)"
   ),
+  # H15's fix: new directions after a refresh warm up, the others move at once.
+  "tg_0.25_new_direction_warmup": Optimizer(
+    "levers.new_direction_warmup(lr, params, rank=0.25, warmup_steps=50)"
+  ),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(

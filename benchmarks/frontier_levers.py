@@ -236,3 +236,73 @@ def sparse_plus_low_rank(
     optax.add_decayed_weights(weight_decay),
     optax.scale_by_learning_rate(learning_rate),
   )
+
+
+class NewDirectionWarmupState(NamedTuple):
+  inner: optax.OptState
+  novelty: optax.Params  # per projected leaf, per projected mode: 1 - |U_new^H U_old|^2 row sums
+
+
+def new_direction_warmup(
+  learning_rate, params, *, rank: float = 0.25, warmup_steps: int = 50
+) -> optax.GradientTransformation:
+  """`tensor_galore_adamw`'s default whose new directions after a refresh warm up.
+
+  After each refresh but the first, the projected step along factor column ``i`` of a
+  mode is scaled by ``1 - n_i (1 - min(1, (t + 1) / warmup_steps))``, ``t`` the steps
+  since the refresh and ``n_i`` how much of the column lies outside the old factor's
+  span: columns the old subspace held move at once, new ones ramp up (frontier notes,
+  H15). A research composition: it reads `tensor_galore`'s state and plan.
+  """
+  from tensor_galore_optax import _plan, _tucker
+
+  inner = tensor_galore(rank=rank)
+  tree, _ = _plan.plan_tree(params, rank=rank, spec=None, min_size=_plan.MIN_SIZE)
+  gap = _plan.UPDATE_PROJ_GAP
+
+  def init_fn(params):
+    state = inner.init(params)
+    factors = tree.per_leaf(state.factors, "factors")
+    novelty = [tuple(jnp.zeros(f.shape[:-2] + f.shape[-1:]) for f in fs) for fs in factors]
+    return NewDirectionWarmupState(state, tree.unflatten(novelty))
+
+  def update_fn(updates, state, params=None):
+    count = state.inner.count
+    old = tree.per_leaf(state.inner.factors, "factors")
+    updates, inner_state = inner.update(updates, state.inner, params)
+    new = tree.per_leaf(inner_state.factors, "factors")
+    refreshed = (count % gap == 0) & (count > 0)
+    ramp = jnp.minimum(1.0, (count % gap + 1) / warmup_steps)
+    novelty, steps = [], []
+    for plan, u, olds, news, held in zip(
+      tree.plans, tree.per_leaf(updates, "u"), old, new, tree.per_leaf(state.novelty, "n")
+    ):
+      if plan is None:
+        novelty.append(held)
+        steps.append(u)
+        continue
+      fresh = tuple(
+        1 - jnp.sum(jnp.abs(jnp.einsum("...ir,...is->...rs", n.conj(), o)) ** 2, axis=-1)
+        for n, o in zip(news, olds)
+      )
+      held = tuple(jnp.where(refreshed, f, h) for f, h in zip(fresh, held))
+      novelty.append(held)
+
+      def scale(t, fs, ns, modes=plan.projected_modes):
+        # Only the factor columns' part is scaled: the residual step of matrices, outside the
+        # subspace, is left as it is.
+        for k, mode in enumerate(modes):
+          cut = ns[k] * (1 - ramp)
+          eye = jnp.eye(fs[k].shape[0], dtype=fs[k].dtype)
+          t = _tucker.mode_dot(t, (eye - (fs[k] * cut) @ fs[k].conj().T).T, mode)
+        return t
+
+      tensor = _tucker.batched(scale, len(plan.batch_shape))(plan.to_tensor(u), news, held)
+      steps.append(plan.from_tensor(tensor).astype(u.dtype))
+    return tree.unflatten(steps), NewDirectionWarmupState(inner_state, tree.unflatten(novelty))
+
+  return optax.chain(
+    optax.GradientTransformation(init_fn, update_fn),
+    optax.add_decayed_weights(1e-4),
+    optax.scale_by_learning_rate(learning_rate),
+  )

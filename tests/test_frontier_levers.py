@@ -178,3 +178,44 @@ def test_fits_a_sparse_plus_low_rank_target():
   initial = float(loss(params))
   assert 0.17 < initial < 0.19  # 0.09 + 163 * 9 / 16 384
   assert float(loss(train(params))) < 0.1 * initial
+
+
+def test_new_direction_warmup_ramps_only_columns_new_to_the_subspace():
+  """`new_direction_warmup`: the default until the first refresh after step 0; at it, the step
+  along factor columns outside the old span shrinks to 1/K of the default's, along the rest and
+  outside the subspace (the residual step of matrices) it is the default's."""
+  from benchmarks.frontier_levers import new_direction_warmup
+  from tensor_galore_optax import tensor_galore_adamw
+
+  params = _params()
+  tx, ref = new_direction_warmup(LR, params, warmup_steps=4), tensor_galore_adamw(LR)
+  state, ref_state = tx.init(params), ref.init(params)
+  update, ref_update = jax.jit(tx.update), jax.jit(ref.update)
+  for step in range(200):  # the default gap: the next refresh is at step 200
+    grads = _grads(step % 3)
+    u, state = update(grads, state, params)
+    v, ref_state = ref_update(grads, ref_state, params)
+    if step in (0, 199):
+      for k in u:
+        np.testing.assert_allclose(u[k], v[k], rtol=1e-6, atol=1e-9, err_msg=f"{k}, step {step}")
+  u, state = update(_grads(7), state, params)
+  v, ref_state = ref_update(_grads(7), ref_state, params)
+  np.testing.assert_array_equal(u["b"], v["b"])  # unprojected: untouched
+  for k in ("w", "m"):
+    (novelty,) = state[0].novelty[k]
+    assert 0.2 < float(jnp.mean(novelty)) <= 1.0, k  # an unrelated gradient: mostly new columns
+    (factor,) = state[0].inner.factors[k]
+    mode = 0 if k == "w" else int(np.argmin(params[k].shape))
+    # The steps before weight decay (1e-4, added after the ramp) and the learning rate, as rows
+    # along the projected mode.
+    steps = [
+      jnp.moveaxis(-x[k] / LR - 1e-4 * params[k], mode, 0).reshape(factor.shape[0], -1)
+      for x in (u, v)
+    ]
+    # Along each new column: the default's step times 1 - novelty (1 - 1/K).
+    along, ref_along = (factor.conj().T @ x for x in steps)
+    expected = (1 - novelty * (1 - 1 / 4))[:, None] * ref_along
+    np.testing.assert_allclose(along, expected, rtol=1e-4, atol=1e-5, err_msg=k)
+    # Outside the subspace: the default's (the residual step of the matrix).
+    rest, ref_rest = (x - factor @ (factor.conj().T @ x) for x in steps)
+    np.testing.assert_allclose(rest, ref_rest, rtol=1e-4, atol=1e-5, err_msg=k)
