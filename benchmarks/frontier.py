@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -348,6 +349,26 @@ def run_path(key: dict) -> pathlib.Path:
   return RESULTS / "runs" / key["task"] / f"{digest}.json"
 
 
+def model_functions(graphdef, x_train, y_train) -> tuple[Callable, Callable]:
+  """``predict(params, x)`` in the data's units and the loss ``loss_fn(params, x, y)``.
+
+  Inputs and targets are normalised with the training split's mean and deviation
+  (every task has one input and one output channel); the loss is the mean
+  relative L2 error in the data's units.
+  """
+  mean_x, std_x = float(x_train.mean()), float(x_train.std())
+  mean_y, std_y = float(y_train.mean()), float(y_train.std())
+
+  def predict(params, x):
+    out = nnx.merge(graphdef, params)((x - mean_x) / std_x)
+    return out * std_y + mean_y
+
+  def loss_fn(params, x, y):
+    return jnp.mean(relative_l2(predict(params, x), y))
+
+  return predict, loss_fn
+
+
 def train(task: frontier_tasks.Task, call: str, lr: float, seed: int, *, epochs=None) -> dict:
   """Trains ``task``'s model with ``call`` at peak rate ``lr`` from ``seed``; the result row.
 
@@ -358,23 +379,13 @@ def train(task: frontier_tasks.Task, call: str, lr: float, seed: int, *, epochs=
   """
   epochs = task.epochs if epochs is None else epochs
   x_train, y_train, x_test, y_test = task.data()
-  # Both tasks have one input and one output channel: one mean and one deviation each.
-  mean_x, std_x = float(x_train.mean()), float(x_train.std())
-  mean_y, std_y = float(y_train.mean()), float(y_train.std())
-
   graphdef, state = nnx.split(task.model(seed))
   params = nnx.to_pure_dict(state)
   steps_per_epoch = len(x_train) // task.batch_size
   schedule = make_schedule(lr, steps_per_epoch, epochs)
   tx = build_optimizer(call, schedule, params)
   adamw = build_optimizer(OPTIMIZERS["adamw"].call, schedule, params)
-
-  def predict(params, x):
-    out = nnx.merge(graphdef, params)((x - mean_x) / std_x)
-    return out * std_y + mean_y
-
-  def loss_fn(params, x, y):
-    return jnp.mean(relative_l2(predict(params, x), y))
+  predict, loss_fn = model_functions(graphdef, x_train, y_train)
 
   def step(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)

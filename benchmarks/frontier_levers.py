@@ -289,12 +289,11 @@ def new_direction_warmup(
       novelty.append(held)
 
       def scale(t, fs, ns, modes=plan.projected_modes):
-        # Only the factor columns' part is scaled: the residual step of matrices, outside the
-        # subspace, is left as it is.
+        # t - (t x U^H) diag(cut) x U along each mode: only the factor columns' part is
+        # scaled; the residual step of matrices, outside the subspace, is left as it is.
         for k, mode in enumerate(modes):
           cut = ns[k] * (1 - ramp)
-          eye = jnp.eye(fs[k].shape[0], dtype=fs[k].dtype)
-          t = _tucker.mode_dot(t, (eye - (fs[k] * cut) @ fs[k].conj().T).T, mode)
+          t = t - _tucker.mode_dot(_tucker.mode_dot(t, fs[k].conj(), mode), (fs[k] * cut).T, mode)
         return t
 
       tensor = _tucker.batched(scale, len(plan.batch_shape))(plan.to_tensor(u), news, held)

@@ -37,17 +37,12 @@ def main(argv=None) -> None:
 
   task = frontier_tasks.TASKS["cnn16"]
   x_train, y_train, _, _ = task.data()
-  mean_x, std_x = float(x_train.mean()), float(x_train.std())
-  mean_y, std_y = float(y_train.mean()), float(y_train.std())
   graphdef, state = nnx.split(task.model(args.seed))
   params = nnx.to_pure_dict(state)
   steps_per_epoch = len(x_train) // task.batch_size
   schedule = frontier.make_schedule(args.lr, steps_per_epoch, task.epochs)
   tx = tensor_galore_adamw(schedule)
-
-  def loss_fn(params, x, y):
-    out = nnx.merge(graphdef, params)((x - mean_x) / std_x) * std_y + mean_y
-    return jnp.mean(frontier.relative_l2(out, y))
+  _, loss_fn = frontier.model_functions(graphdef, x_train, y_train)
 
   grad_fn = jax.jit(jax.grad(loss_fn))
 
