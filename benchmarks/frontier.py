@@ -52,6 +52,17 @@ from tensor_galore_optax import TuckerSpec, scale_by_core_adam, tensor_galore, t
 RESULTS = pathlib.Path("benchmarks/results/frontier")
 # Bump when the training protocol changes: old runs then no longer match any key.
 PROTOCOL = 1
+# What the library's calls train: bump when a release changes the result of the same call
+# (generation 2, tensor_galore_optax 1.2.0: a refresh's new directions warm up). Only calls
+# that use the library carry it in their keys; generation 1's keys predate the field.
+LIBRARY_GENERATION = 2
+GENERATION_VERSIONS = {1: "1.0-1.1", 2: "1.2"}
+
+
+def uses_library(call: str) -> bool:
+  """Whether ``call`` trains with this library (its settings or a composition of its parts)."""
+  return "tensor_galore" in call or "levers." in call
+
 
 # How each optimizer family's rates relate to AdamW's grid: Adafactor's default
 # parameter-scale step wants about 3x, Lion's sign step about a tenth.
@@ -227,10 +238,6 @@ OPTIMIZERS: dict[str, Optimizer] = {
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
     "update_proj_gap=500)"
   ),
-  # H15's fix: new directions after a refresh warm up, the others move at once.
-  "tg_0.25_new_direction_warmup": Optimizer(
-    "levers.new_direction_warmup(lr, params, rank=0.25, warmup_steps=50)"
-  ),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(
@@ -330,9 +337,15 @@ def _git_commit() -> str:
     return "unknown"
 
 
-def run_key(task: frontier_tasks.Task, call: str, lr: float, seed: int) -> dict:
+def run_key(
+  task: frontier_tasks.Task,
+  call: str,
+  lr: float,
+  seed: int,
+  generation: int = LIBRARY_GENERATION,
+) -> dict:
   """Everything a run's result depends on (its cache key is this dict's hash)."""
-  return dict(
+  key = dict(
     protocol=PROTOCOL,
     task=task.name,
     settings=task.settings,
@@ -342,6 +355,9 @@ def run_key(task: frontier_tasks.Task, call: str, lr: float, seed: int) -> dict:
     lr=lr,
     seed=seed,
   )
+  if uses_library(call) and generation > 1:
+    key["library_generation"] = generation
+  return key
 
 
 def run_path(key: dict) -> pathlib.Path:
@@ -465,12 +481,13 @@ def run(task_name: str, name: str, lr: float, seed: int, *, dry_run: bool = Fals
   return row
 
 
-def lr_grid(task_name: str, name: str) -> list[float]:
+def lr_grid(task_name: str, name: str, generation: int = LIBRARY_GENERATION) -> list[float]:
   """The rates ``name`` gets first on ``task_name``: three, or one from another task's sweeps
   (none while those are unfinished)."""
   task = frontier_tasks.TASKS[task_name]
   if task.rates_from is not None:
-    best, adamw = best_lr(task.rates_from, name), best_lr(task.rates_from, "adamw")
+    best = best_lr(task.rates_from, name, generation)
+    adamw = best_lr(task.rates_from, "adamw")
     if best is None or adamw is None:
       return []  # not yet known
     return [float(f"{task.lrs[0] * best / adamw:.3g}")]
@@ -487,18 +504,21 @@ def _error(row: dict | None) -> float:
   return math.inf if row is None or row["test_error"] is None else row["test_error"]
 
 
-def sweep(task_name: str, name: str) -> tuple[dict[float, float], float | None]:
+def sweep(
+  task_name: str, name: str, generation: int = LIBRARY_GENERATION
+) -> tuple[dict[float, float], float | None]:
   """Seed 0's error at each rate swept so far, and the next rate the rule asks for.
 
   The next rate is ``None`` when the sweep is done: the best rate is inside the
   swept range, or ``MAX_EXTENSIONS`` rates were added. A missing run is the next rate.
+  ``generation``: the library's, for calls that use it (`LIBRARY_GENERATION`).
   """
-  grid = lr_grid(task_name, name)
+  grid = lr_grid(task_name, name, generation)
   if not grid:
     return {}, None
   errors: dict[float, float] = {}
   for lr in grid:
-    row = load_row(task_name, name, lr, 0)
+    row = load_row(task_name, name, lr, 0, generation)
     if row is None:
       return errors, lr
     errors[lr] = _error(row)
@@ -510,25 +530,27 @@ def sweep(task_name: str, name: str) -> tuple[dict[float, float], float | None]:
     if not math.isfinite(errors[best]) or min(errors) < best < max(errors):
       return errors, None
     nxt = float(f"{(best * step if best == max(errors) else best / step):.3g}")
-    row = load_row(task_name, name, nxt, 0)
+    row = load_row(task_name, name, nxt, 0, generation)
     if row is None:
       return errors, nxt
     errors[nxt] = _error(row)
   return errors, None
 
 
-def best_lr(task_name: str, name: str) -> float | None:
+def best_lr(task_name: str, name: str, generation: int = LIBRARY_GENERATION) -> float | None:
   """The rate of the lowest seed-0 error of a finished sweep (``None`` if unfinished)."""
-  errors, missing = sweep(task_name, name)
+  errors, missing = sweep(task_name, name, generation)
   if missing is not None or not errors:
     return None
   return min(errors, key=lambda g: (errors[g], g))
 
 
-def load_row(task_name: str, name: str, lr: float, seed: int) -> dict | None:
+def load_row(
+  task_name: str, name: str, lr: float, seed: int, generation: int = LIBRARY_GENERATION
+) -> dict | None:
   task = frontier_tasks.TASKS[task_name]
   call = OPTIMIZERS[name].call_for(task_name)
-  path = run_path(run_key(task, call, lr, seed))
+  path = run_path(run_key(task, call, lr, seed, generation))
   return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -559,18 +581,34 @@ def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool)
 # --------------------------------------------------------------------------
 
 
+def _finished_generation(task_name: str, name: str) -> int | None:
+  """The newest library generation whose sweep of ``name`` finished (the current one for
+  calls that do not use the library), ``None`` if none did."""
+  call = OPTIMIZERS[name].call_for(task_name)
+  older = range(LIBRARY_GENERATION - 1, 0, -1) if uses_library(call) else ()
+  for generation in (LIBRARY_GENERATION, *older):
+    if best_lr(task_name, name, generation) is not None:
+      return generation
+  return None
+
+
 def summarise(task_name: str) -> list[dict]:
-  """One point per optimizer with a finished rate sweep: its best rate's seeds."""
+  """One point per optimizer with a finished rate sweep: its best rate's seeds.
+
+  A call that uses the library shows its newest generation with a finished sweep;
+  ``generation`` says which.
+  """
   points = []
   for name, opt in OPTIMIZERS.items():
     if opt.call_for(task_name) is None:
       continue
-    lr = best_lr(task_name, name)
-    if lr is None:
+    generation = _finished_generation(task_name, name)
+    if generation is None:
       continue
-    errors_by_lr = dict(sorted(sweep(task_name, name)[0].items()))
+    lr = best_lr(task_name, name, generation)
+    errors_by_lr = dict(sorted(sweep(task_name, name, generation)[0].items()))
     seeds = (0, *frontier_tasks.TASKS[task_name].extra_seeds)
-    rows = [r for s in seeds if (r := load_row(task_name, name, lr, s)) is not None]
+    rows = [r for s in seeds if (r := load_row(task_name, name, lr, s, generation)) is not None]
     errors = [_error(r) for r in rows]
     points.append(
       dict(
@@ -579,6 +617,7 @@ def summarise(task_name: str) -> list[dict]:
         call=opt.call_for(task_name),
         library=opt.library,
         note=opt.note,
+        generation=generation,
         lr=lr,
         sweep=errors_by_lr,
         errors=errors,

@@ -8,7 +8,7 @@ from tensor_galore_optax._state import TensorGaLoreState
 from tensor_galore_optax._transform import tensor_galore, tensor_galore_adamw
 from tensor_galore_optax._tucker import TuckerSpec
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 __all__ = (
   "LeafPlan",

@@ -25,6 +25,7 @@ UPDATE_PROJ_GAP = 200
 MIN_SIZE = 16_384
 MATCHED = "matched"
 RESIDUAL_SCALE = 4.0
+REFRESH_WARMUP_STEPS = 50
 
 # A single spec, a pytree of specs matching the params (None = not projected),
 # or a callable of the params returning such a pytree.

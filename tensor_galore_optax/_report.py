@@ -76,6 +76,7 @@ def projection_plan(
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
   second_moment: SecondMoment = "full",
   mu_dtype: jax.typing.DTypeLike | None = None,
+  refresh_warmup_steps: int = _plan.REFRESH_WARMUP_STEPS,
 ) -> ProjectionPlan:
   """Which modes of each leaf `tensor_galore` projects, at which ranks, and the bytes it keeps.
 
@@ -91,6 +92,8 @@ def projection_plan(
     residual_scale: The residual's step (``None``: dropped, no state for it).
     second_moment: Adam's second moment, ``"full"`` or ``"factored"``.
     mu_dtype: The first moment's dtype (``None``: the leaf's).
+    refresh_warmup_steps: The warm-up of a refresh's new directions (``0``:
+      none, no state for it).
 
   Returns:
     A `ProjectionPlan`; print it for a table. A stacked leaf's layers show as
@@ -108,7 +111,12 @@ def projection_plan(
   """
   adam = scale_by_core_adam(mu_dtype=mu_dtype, second_moment=second_moment)
   tx = _transform.tensor_galore(
-    rank=rank, spec=spec, min_size=min_size, residual_scale=residual_scale, base_optimizer=adam
+    rank=rank,
+    spec=spec,
+    min_size=min_size,
+    residual_scale=residual_scale,
+    base_optimizer=adam,
+    refresh_warmup_steps=refresh_warmup_steps,
   )
   state = jax.eval_shape(tx.init, params)
   tree, _ = _plan.plan_tree(params, rank=rank, spec=spec, min_size=min_size)
@@ -124,6 +132,7 @@ def projection_plan(
     tree.plans,
     tree.per_leaf(state.factors, "factors"),
     tree.per_leaf(state.residual_moments, "residual moments"),
+    tree.per_leaf(state.novelty, "novelty"),
     moment_bytes,
   )
   report = tuple(
@@ -132,10 +141,10 @@ def projection_plan(
       shape=tuple(leaf.shape),
       layers=() if plan is None else plan.batch_shape,
       modes=() if plan is None else tuple(zip(plan.mode_sizes, plan.ranks)),
-      state_bytes=_memory.tree_bytes((factors, residual)) + moments,
+      state_bytes=_memory.tree_bytes((factors, residual, novelty)) + moments,
       adamw_bytes=2 * _memory.tree_bytes(leaf),
     )
-    for path, leaf, plan, factors, residual, moments in per_leaf
+    for path, leaf, plan, factors, residual, novelty, moments in per_leaf
   )
   adamw = _memory.optimizer_state_bytes(optax.adamw(1e-3), params)
   # Decay and learning rate, chained after it in `tensor_galore_adamw`, keep no state.

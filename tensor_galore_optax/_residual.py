@@ -104,7 +104,8 @@ def residual_step(
     plan: The leaf's plan.
     tensor: The gradient, ``plan.to_tensor(grad)``, in the working dtype.
     core: Its core.
-    step: The projected step, back-projected and scaled, in the tensor view.
+    step: The projected step, scaled, on the core: its back-projection has the
+      same norm (orthonormal factor columns), so the core gives its length.
     factors: The factors the core was projected with.
     statistics: The running mean squares, one vector per mode.
     count: Steps taken before this one (for the bias correction).
@@ -124,7 +125,9 @@ def residual_step(
     # Times the fraction of the gradient outside the subspace: a gradient the
     # factors hold whole leaves a residual of round-off, which must not move.
     outside = _rms(residual) / jnp.maximum(_rms(gradient), _TINY)
-    length = residual_scale * outside * _rms(step) / jnp.maximum(_rms(direction), _TINY)
+    # The back-projected step's root mean square over the weight's entries, from the core.
+    step_rms = jnp.sqrt(jnp.sum(jnp.abs(step) ** 2) / residual.size)
+    length = residual_scale * outside * step_rms / jnp.maximum(_rms(direction), _TINY)
     return direction * length.astype(direction.dtype), statistics
 
   residual = tensor - plan.back_project(core.astype(tensor.dtype), factors)

@@ -5,7 +5,8 @@ containing it included):
 
 * Tensor-GaLore factors ``(I_n, R_n)`` are replicated: they are small, and
   every device needs all of them to project its part of a gradient. So are the
-  residual's running mean squares, one vector per mode.
+  residual's running mean squares, one vector per mode, and the novelty of the
+  factor columns, one vector per projected mode.
 * A subtree with the parameters' tree structure (Adam's ``mu``/``nu``, the
   accumulator of ``optax.MultiSteps``, ...) is mapped leaf by leaf against its
   parameter. A leaf of the parameter's shape gets the parameter's sharding. A
@@ -225,6 +226,7 @@ def optimizer_state_shardings(
           factors=jax.tree.map(lambda _: replicated, x.factors),
           base_optimizer_state=assign(x.base_optimizer_state),
           residual_moments=jax.tree.map(lambda _: replicated, x.residual_moments),
+          novelty=jax.tree.map(lambda _: replicated, x.novelty),
         )
       if params_shaped(x):
         return per_parameter(x)

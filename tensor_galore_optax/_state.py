@@ -27,12 +27,19 @@ class TensorGaLoreState(NamedTuple):
       with ``residual_scale``, a tuple of the running mean squares of the part
       of the gradient outside the subspace, one vector per mode (``(I_n,)``,
       the leaf's batch axes in front); ``()`` for the other leaves.
+    novelty: One entry per parameter leaf: for a projected leaf with
+      ``refresh_warmup_steps``, a tuple of one vector per projected mode
+      (``(R_n,)``, the leaf's batch axes in front): how much of each factor
+      column lay outside the previous factors' span at the last refresh
+      (``1 - |U_old^H u|^2``; zeros before the first refresh after step 0);
+      ``()`` for the other leaves.
   """
 
   count: jax.Array
   factors: optax.Params
   base_optimizer_state: optax.OptState
   residual_moments: optax.Params
+  novelty: optax.Params
 
 
 def as_state(state) -> TensorGaLoreState:
@@ -43,18 +50,22 @@ def as_state(state) -> TensorGaLoreState:
 
   Raises:
     ValueError: For a state of another transformation or another version
-      (tensor_galore_optax 0.x states are not read: initialise a new one).
+      (states of tensor_galore_optax 0.x and of 1.1 and earlier are not read:
+      initialise a new one).
   """
   if isinstance(state, TensorGaLoreState):
     return state
   names = TensorGaLoreState._fields
   if isinstance(state, Mapping) and set(state) == set(names):
     return TensorGaLoreState(**{k: state[k] for k in names})
-  if isinstance(state, (list, tuple)) and not hasattr(state, "_fields") and len(state) == 4:
+  if (
+    isinstance(state, (list, tuple)) and not hasattr(state, "_fields") and len(state) == len(names)
+  ):
     return TensorGaLoreState(*state)
   fields = tuple(state) if isinstance(state, Mapping) else getattr(state, "_fields", ())
   raise ValueError(
     f"expected a TensorGaLoreState {names} from tensor_galore's init, got a "
     f"{type(state).__name__} {fields or ''}; was the state made by another transformation, or "
-    "by tensor_galore_optax 0.x? Initialise a new state with `init`."
+    "by another version of tensor_galore_optax (0.x, or 1.1 and earlier, whose states have no "
+    "novelty)? Initialise a new state with `init`."
   )

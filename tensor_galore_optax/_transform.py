@@ -25,7 +25,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tensor_galore_optax import _moments, _plan, _refresh, _residual, _sharding, _tucker
+from tensor_galore_optax import (
+  _moments,
+  _plan,
+  _refresh,
+  _residual,
+  _sharding,
+  _tucker,
+  _warmup,
+)
 from tensor_galore_optax._adam import SecondMoment, scale_by_core_adam
 from tensor_galore_optax._plan import MATCHED, SpecLike
 from tensor_galore_optax._state import TensorGaLoreState, as_state
@@ -117,8 +125,18 @@ def _as_tuple(held) -> tuple | None:
     return None
 
 
-def _checked(path: str, plan: TuckerPlan | None, grad, factors, moments, residual_scale):
-  """A leaf's factors and residual moments from the state, as tuples, checked against ``grad``."""
+def _checked(
+  path: str,
+  plan: TuckerPlan | None,
+  grad,
+  factors,
+  moments,
+  novelty,
+  residual_scale,
+  refresh_warmup_steps,
+):
+  """A leaf's factors, residual moments and novelty from the state, as tuples, checked against
+  ``grad``."""
   wanted = () if plan is None else plan.factor_shapes
   held = _as_tuple(factors)
   shapes = None if held is None else tuple(tuple(getattr(u, "shape", ())) for u in held)
@@ -143,22 +161,42 @@ def _checked(path: str, plan: TuckerPlan | None, grad, factors, moments, residua
       f"have {wanted}: was the state initialised with another residual_scale? Initialise a "
       "new state with `init`."
     )
-  return held, statistics
+  columns = _as_tuple(novelty)
+  wanted = _warmup.shapes(plan, refresh_warmup_steps)
+  shapes = None if columns is None else tuple(tuple(n.shape) for n in columns)
+  if shapes != wanted:
+    raise ValueError(
+      f"{path}: the state's novelty has shapes {shapes}, this transformation's has {wanted}: "
+      "was the state initialised with another refresh_warmup_steps? Initialise a new state "
+      "with `init`."
+    )
+  return held, statistics, columns
 
 
-def _to_core(plan: TuckerPlan | None, grad, factors, now):
-  """The leaf in its tensor view, its factors (refreshed if ``now``) and its core."""
+def _to_core(plan: TuckerPlan | None, grad, factors, novelty, count, update_proj_gap):
+  """The leaf in its tensor view, its factors and novelty (refreshed at a refresh's step) and
+  its core."""
   if plan is None:
-    return grad, factors, grad
+    return grad, factors, novelty, grad
   tensor = plan.to_tensor(grad)
   refresh = lambda t, fs: _refresh.refresh_factors(t, fs, plan.projected_modes)
   # Stacked layers refresh one after the other: a decomposition's work arrays
   # are as large as the tensor, and this way exist for one layer at a time.
   refresh = _tucker.batched(refresh, len(plan.batch_shape), sequential=True)
-  factors = jax.lax.cond(now, lambda: refresh(tensor, factors), lambda: factors)
+
+  def refreshed():
+    new = refresh(tensor, factors)
+    if not novelty:
+      return new, novelty
+    # Step 0's factors replace coordinate axes, not directions that trained.
+    fresh = _warmup.novelty(new, factors)
+    return new, tuple(jnp.where(count > 0, f, 0).astype(n.dtype) for f, n in zip(fresh, novelty))
+
+  now = count % update_proj_gap == 0
+  factors, novelty = jax.lax.cond(now, refreshed, lambda: (factors, novelty))
   work = jnp.result_type(tensor, *factors)
   tensor = tensor.astype(work)
-  return tensor, factors, plan.project(tensor, factors).astype(grad.dtype)
+  return tensor, factors, novelty, plan.project(tensor, factors).astype(grad.dtype)
 
 
 def _to_full(
@@ -168,26 +206,32 @@ def _to_full(
   core,
   factors,
   moments,
+  novelty,
   *,
   dtype,
   scale,
   residual_scale,
   count,
+  progress,
 ):
   """The full-size update of a core's step, and the residual's moments.
 
-  ``scale`` times the back-projected step, plus the residual's step where it
-  applies (`_residual.applies`); leaves that are not projected pass through.
+  ``scale`` times the back-projected step (its new directions warmed up by
+  ``progress``, `_warmup`), plus the residual's step where it applies
+  (`_residual.applies`); leaves that are not projected pass through.
   """
   if plan is None:
     return step, moments
   if isinstance(scale, str):
     scale = _matched_scale(plan)
   work = jnp.result_type(step, *factors)
-  full = scale * plan.back_project(step.astype(work), factors)
+  step = scale * step.astype(work)
+  warmed = _warmup.warm_up(plan, step, novelty, progress) if novelty else step
+  full = plan.back_project(warmed, factors)
   if _residual.applies(plan, residual_scale):
+    # The residual moves as the projected weights do, not as their new directions warm up.
     term, moments = _residual.residual_step(
-      plan, tensor, core.astype(work), full, factors, moments, count, residual_scale
+      plan, tensor, core.astype(work), step, factors, moments, count, residual_scale
     )
     full = full + term
   return plan.from_tensor(full).astype(dtype), moments
@@ -206,6 +250,7 @@ def tensor_galore(
   min_size: int = _plan.MIN_SIZE,
   spec: SpecLike = None,
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
+  refresh_warmup_steps: int = _plan.REFRESH_WARMUP_STEPS,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects gradient tensors on a Tucker core, runs ``base_optimizer`` there.
 
@@ -226,7 +271,8 @@ def tensor_galore(
   (``residual_scale``). Every ``update_proj_gap`` steps, counting from step
   0, the factors are recomputed from the current gradient (the leading left
   singular vectors of each mode-``n`` unfolding, by sequentially truncated
-  HOSVD) inside the jitted update, with one `jax.lax.cond` per leaf.
+  HOSVD) inside the jitted update, with one `jax.lax.cond` per leaf; the
+  directions a refresh brings in then warm up (``refresh_warmup_steps``).
   Projections use conjugate transposes, so complex weights (FNO spectral
   kernels) are handled exactly. Leaves that are not projected go through
   ``base_optimizer`` at full size.
@@ -305,6 +351,15 @@ def tensor_galore(
       as GaLore and the paper do. Tensors of three or more modes
       (convolution, FNO kernels), whose gradients are sums over positions
       and stay close to their subspace, never take it.
+    refresh_warmup_steps: After each refresh but step 0's, the projected step
+      along each factor column ramps up linearly over this many steps, in
+      proportion to how much of the column lies outside the previous
+      factors' span: directions the subspace kept move at once, new ones
+      (whose kept moments belong to other directions) start small. One
+      number of state per factor column. Without it, a conv net at AdamW's
+      learning rate lost a seed in three to a refresh (``docs/benchmarks.md``,
+      the frontier). ``0`` turns it off; a value above ``update_proj_gap``
+      ends at the next refresh.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; ``params`` is optional in
@@ -338,6 +393,7 @@ def tensor_galore(
   """
   rank = _tucker.canonical_rank(rank)
   update_proj_gap = _plan.check_int(update_proj_gap, "update_proj_gap", 1)
+  refresh_warmup_steps = _plan.check_int(refresh_warmup_steps, "refresh_warmup_steps", 0)
   min_size = _plan.check_int(min_size, "min_size", 0)
   scale = _check_scale(scale)
   residual_scale = _check_residual_scale(residual_scale)
@@ -358,17 +414,19 @@ def tensor_galore(
     structs = [_plan.core_struct(p, leaf) for p, leaf in zip(tree.plans, leaves)]
     cores = tree.unflatten([jnp.zeros(s.shape, s.dtype) for s in structs])
     _check_base_optimizer(base, cores)
-    factors, moments = [], []
+    factors, moments, novelty = [], [], []
     for plan, leaf in zip(tree.plans, leaves):
       dtype = _plan.factor_dtype(leaf.dtype)
       shapes = () if plan is None else plan.factor_shapes
       factors.append(_refresh.initial_factors(shapes, dtype))
       moments.append(_residual.init_statistics(plan, residual_scale, dtype))
+      novelty.append(_warmup.init_novelty(plan, refresh_warmup_steps, dtype))
     return TensorGaLoreState(
       count=jnp.zeros([], jnp.int32),
       factors=tree.unflatten(factors),
       base_optimizer_state=_moments.real_second_moments(base.init, base.update, cores)(cores),
       residual_moments=tree.unflatten(moments),
+      novelty=tree.unflatten(novelty),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -377,43 +435,49 @@ def tensor_galore(
     tree, _ = plan_tree(updates)  # its notes were said at init
     grads = tree.per_leaf(updates, "updates")
     held = [
-      _checked(path, plan, grad, factors, moments, residual_scale)
-      for path, plan, grad, factors, moments in zip(
+      _checked(path, plan, grad, *state_parts, residual_scale, refresh_warmup_steps)
+      for path, plan, grad, *state_parts in zip(
         tree.paths,
         tree.plans,
         grads,
         tree.per_leaf(state.factors, "the state's factors"),
         tree.per_leaf(state.residual_moments, "the state's residual moments"),
+        tree.per_leaf(state.novelty, "the state's novelty"),
       )
     ]
     cores_like = tree.unflatten([_plan.core_struct(p, g) for p, g in zip(tree.plans, grads)])
     _moments.check_shapes(state.base_optimizer_state, cores_like)
 
-    now = state.count % update_proj_gap == 0
     projected = [
-      _to_core(plan, grad, factors, now)
-      for plan, grad, (factors, _) in zip(tree.plans, grads, held)
+      _to_core(plan, grad, factors, novelty, state.count, update_proj_gap)
+      for plan, grad, (factors, _, novelty) in zip(tree.plans, grads, held)
     ]
     steps, base_state = base.update(
-      tree.unflatten([core for _, _, core in projected]),
+      tree.unflatten([core for *_, core in projected]),
       state.base_optimizer_state,
       None,
       **extra_args,
     )
+    progress = _warmup.ramp(state.count, update_proj_gap, max(refresh_warmup_steps, 1))
     to_full = functools.partial(
-      _to_full, scale=scale, residual_scale=residual_scale, count=state.count
+      _to_full,
+      scale=scale,
+      residual_scale=residual_scale,
+      count=state.count,
+      progress=progress,
     )
     full = [
-      to_full(plan, step, tensor, core, factors, moments, dtype=grad.dtype)
-      for plan, step, grad, (tensor, factors, core), (_, moments) in zip(
+      to_full(plan, step, tensor, core, factors, moments, novelty, dtype=grad.dtype)
+      for plan, step, grad, (tensor, factors, novelty, core), (_, moments, _) in zip(
         tree.plans, tree.per_leaf(steps, "the base optimizer's updates"), grads, projected, held
       )
     ]
     new_state = TensorGaLoreState(
       count=optax.safe_increment(state.count),
-      factors=tree.unflatten([factors for _, factors, _ in projected]),
+      factors=tree.unflatten([factors for _, factors, _, _ in projected]),
       base_optimizer_state=base_state,
       residual_moments=tree.unflatten([moments for _, moments in full]),
+      novelty=tree.unflatten([novelty for _, _, novelty, _ in projected]),
     )
     return tree.unflatten([update for update, _ in full]), new_state
 
@@ -454,6 +518,7 @@ def tensor_galore_adamw(
   residual_scale: float | None = _plan.RESIDUAL_SCALE,
   second_moment: SecondMoment = "full",
   multiply_by_parameter_scale: bool = False,
+  refresh_warmup_steps: int = _plan.REFRESH_WARMUP_STEPS,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW whose moments live on Tucker cores of the gradients (Tensor-GaLore).
 
@@ -512,6 +577,8 @@ def tensor_galore_adamw(
       rate becomes a step relative to each weight's size. Not AdamW's rate
       any more: retune it (the frontier's best were 3 to 30 times AdamW's).
       Needs ``params`` in ``update``.
+    refresh_warmup_steps: Steps over which a refresh's new directions ramp up
+      to full steps (``0``: at once); see `tensor_galore`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -547,6 +614,7 @@ def tensor_galore_adamw(
     min_size=min_size,
     spec=spec,
     residual_scale=residual_scale,
+    refresh_warmup_steps=refresh_warmup_steps,
   )
   relative = [optax.scale_by_param_block_rms()] if multiply_by_parameter_scale else []
   return optax.chain(
