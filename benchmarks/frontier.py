@@ -158,7 +158,18 @@ OPTIMIZERS: dict[str, Optimizer] = {
       "adafactor",
       library=True,
     )
-    for r in (0.1, 0.25, 0.5)
+    for r in (0.1, 0.2, 0.25, 0.5)
+  },
+  # The first moment in int8 blocks with a float32 scale each, rounded stochastically: the
+  # relative-step settings at a quarter of float32's bytes for the momentum.
+  **{
+    f"tg_{r}_factored_int8_relative": Optimizer(
+      f'tensor_galore_adamw(lr, rank={r}, second_moment="factored", mu_dtype="int8", '
+      "multiply_by_parameter_scale=True)",
+      "adafactor",
+      library=True,
+    )
+    for r in (0.1, 0.2, 0.25)
   },
   # Below 0.05x on the FNO: the same state spent differently. A refresh every 50 steps (not
   # 200) keeps a small subspace closer to the gradient; two channel modes at ~0.32 each (not

@@ -10,7 +10,8 @@ low-memory training need on top:
 * a first moment in a real low-precision ``mu_dtype`` keeps a complex
   moment's imaginary part, stored as a trailing axis of (real, imaginary)
   pairs (``optax.scale_by_adam`` casts the complex moment to the real dtype,
-  which drops it).
+  which drops it); ``mu_dtype="int8"`` stores it in blocks of int8 values
+  with one scale each, rounded stochastically (`Int8FirstMoment`).
 
 Written here, not composed from optax: ``optax.scale_by_factored_rms`` takes
 its shapes from ``params``, which a base optimizer on cores never receives,
@@ -46,6 +47,69 @@ class FactoredSecondMoment(NamedTuple):
   mean_d1: jax.Array
 
 
+INT8_BLOCK = 64
+"""Entries per block of an int8 first moment: 1 + 4 / 64 bytes per real entry."""
+
+
+class Int8FirstMoment(NamedTuple):
+  """A first moment in blocks of int8 values, one float32 scale per block.
+
+  The moment's entries (a complex entry as its real and imaginary parts), in
+  memory order, padded with zeros to whole blocks of `INT8_BLOCK`. Each block
+  is stored over its largest magnitude, on a grid of 255 levels, and rounded
+  to it stochastically at every step: the rounding is unbiased, so entries far
+  smaller than their block's largest still move on average (rounded to the
+  nearest level they would stay at zero; 8-bit optimizers, Dettmers et al.,
+  2022, use a non-linear grid for the same reason).
+
+  Attributes:
+    values: ``(blocks, INT8_BLOCK)`` int8, each entry over its block's scale.
+    scales: ``(blocks,)`` float32, each block's largest magnitude over 127.
+  """
+
+  values: jax.Array
+  scales: jax.Array
+
+
+def _is_int8(mu_dtype) -> bool:
+  return mu_dtype is not None and jnp.dtype(mu_dtype) == jnp.int8
+
+
+def _flat_real(x: jax.Array) -> jax.Array:
+  """``x`` flat and real: a complex array as its (real, imaginary) pairs."""
+  if jnp.iscomplexobj(x):
+    x = jnp.stack([x.real, x.imag], axis=-1)
+  return x.reshape(-1)
+
+
+def _init_int8(update) -> Int8FirstMoment:
+  entries = update.size * (2 if jnp.iscomplexobj(update) else 1)
+  blocks = -(-entries // INT8_BLOCK)
+  return Int8FirstMoment(
+    jnp.zeros((blocks, INT8_BLOCK), jnp.int8), jnp.zeros((blocks,), jnp.float32)
+  )
+
+
+def _load_int8(stored: Int8FirstMoment, update) -> jax.Array:
+  real = jnp.finfo(update.dtype).dtype
+  flat = (stored.values.astype(real) * stored.scales[:, None].astype(real)).reshape(-1)
+  if jnp.iscomplexobj(update):
+    pairs = flat[: 2 * update.size].reshape(*update.shape, 2)
+    return jax.lax.complex(pairs[..., 0], pairs[..., 1])
+  return flat[: update.size].reshape(update.shape)
+
+
+def _store_int8(mu, stored: Int8FirstMoment, key) -> Int8FirstMoment:
+  blocks, block = stored.values.shape
+  flat = _flat_real(mu).astype(jnp.float32)
+  flat = jnp.pad(flat, (0, blocks * block - flat.size)).reshape(blocks, block)
+  scales = jnp.max(jnp.abs(flat), axis=1) / 127
+  scaled = flat / jnp.where(scales > 0, scales, 1)[:, None]
+  # floor(x + u), u uniform in [0, 1): x itself on average, within one level of it.
+  rounded = jnp.floor(scaled + jax.random.uniform(key, scaled.shape))
+  return Int8FirstMoment(jnp.clip(rounded, -127, 127).astype(jnp.int8), scales)
+
+
 def factored_axes(shape: tuple[int, ...], min_dim_size_to_factor: int) -> tuple[int, int] | None:
   """The two largest axes ``(d0, d1)`` of ``shape`` if both reach the size, else ``None``."""
   if len(shape) < 2:
@@ -66,19 +130,25 @@ def _stores_pairs(update: jax.Array, mu_dtype) -> bool:
 
 
 def _init_mu(update, mu_dtype):
+  if _is_int8(mu_dtype):
+    return _init_int8(update)
   if _stores_pairs(update, mu_dtype):
     return jnp.zeros((*update.shape, 2), mu_dtype)
   return jnp.zeros(update.shape, update.dtype if mu_dtype is None else mu_dtype)
 
 
 def _load_mu(stored, update):
+  if isinstance(stored, Int8FirstMoment):
+    return _load_int8(stored, update)
   if stored.shape == update.shape:
     return stored  # as optax does: the stored dtype takes part in the arithmetic
   real = jnp.finfo(update.dtype).dtype
   return jax.lax.complex(stored[..., 0].astype(real), stored[..., 1].astype(real))
 
 
-def _store_mu(mu, stored):
+def _store_mu(mu, stored, key=None):
+  if isinstance(stored, Int8FirstMoment):
+    return _store_int8(mu, stored, key)
   if stored.shape == mu.shape:
     return mu.astype(stored.dtype)
   return jnp.stack([mu.real, mu.imag], axis=-1).astype(stored.dtype)
@@ -136,14 +206,17 @@ def scale_by_core_adam(
     then holds 960 numbers of second moment instead of 5 760;
   * ``mu_dtype``: the first moment's dtype. A real dtype (``jnp.bfloat16``)
     stores a complex moment as a trailing axis of (real, imaginary) pairs, so
-    complex weights keep the imaginary part of their momentum.
+    complex weights keep the imaginary part of their momentum. ``"int8"``
+    stores it in blocks of 64 int8 values with a float32 scale each, rounded
+    stochastically (`Int8FirstMoment`): a quarter of float32's bytes.
 
   Args:
     b1: Decay rate of the first moment.
     b2: Decay rate of the second moment (or of its row and column means).
     eps: Added to the denominator, outside the square root.
     eps_root: Added to the denominator, inside the square root.
-    mu_dtype: dtype of the first moment; ``None`` keeps the updates'.
+    mu_dtype: dtype of the first moment; ``None`` keeps the updates';
+      ``"int8"`` (or ``jnp.int8``): int8 blocks with a scale each.
     nesterov: Whether to use Nesterov momentum.
     second_moment: ``"full"`` or ``"factored"``.
     min_dim_size_to_factor: With ``"factored"``, the smallest size of both
@@ -152,7 +225,7 @@ def scale_by_core_adam(
   Returns:
     An `optax.GradientTransformation` whose state is an
     ``optax.ScaleByAdamState``; a factored array's ``nu`` is a
-    `FactoredSecondMoment`.
+    `FactoredSecondMoment`, an int8 ``mu`` an `Int8FirstMoment`.
 
   References:
     Kingma & Ba, [Adam: A Method for Stochastic Optimization](
@@ -168,8 +241,8 @@ def scale_by_core_adam(
       mu_dtype = jnp.dtype(mu_dtype)
     except TypeError as e:
       raise TypeError(f"mu_dtype must be None or a dtype, got {mu_dtype!r}.") from e
-    if not jnp.issubdtype(mu_dtype, jnp.inexact):
-      raise TypeError(f"mu_dtype must be a floating or complex dtype, got {mu_dtype!r}.")
+    if not (jnp.issubdtype(mu_dtype, jnp.inexact) or _is_int8(mu_dtype)):
+      raise TypeError(f"mu_dtype must be a floating or complex dtype, or int8, got {mu_dtype!r}.")
   # Arrays made at use, not at construction: building an optimizer must not start the XLA
   # backend. As arrays, the rates take the same arithmetic whether constants or injected.
   as_array = lambda rate: rate if isinstance(rate, jax.Array) else jnp.asarray(rate)
@@ -185,7 +258,8 @@ def scale_by_core_adam(
     count = optax.safe_increment(state.count)
     is_nu = lambda x: isinstance(x, FactoredSecondMoment)
     # Tree by tree, in optax.scale_by_adam's order, so that XLA sees the same computation.
-    mu = optax.tree.update_moment(updates, jax.tree.map(_load_mu, state.mu, updates), beta1, 1)
+    loaded = jax.tree.map(lambda g, stored: _load_mu(stored, g), updates, state.mu)
+    mu = optax.tree.update_moment(updates, loaded, beta1, 1)
     nu_and_estimate = jax.tree.map(
       lambda g, nu: _update_nu(g, nu, beta2, min_dim_size_to_factor),
       updates,
@@ -204,7 +278,14 @@ def scale_by_core_adam(
       mu_hat = optax.tree.bias_correction(mu, beta1, count)
     nu_hat = optax.tree.bias_correction(estimate, beta2, count)
     steps = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
-    mu = jax.tree.map(_store_mu, mu, state.mu)
+    if _is_int8(mu_dtype):
+      # A fresh draw per step and leaf: rounding errors average out over the steps.
+      leaves, treedef = jax.tree.flatten(mu)
+      key = jax.random.fold_in(jax.random.key(0), count)
+      keys = treedef.unflatten([jax.random.fold_in(key, n) for n in range(len(leaves))])
+      mu = jax.tree.map(_store_mu, mu, state.mu, keys)
+    else:
+      mu = jax.tree.map(_store_mu, mu, state.mu)
     return steps, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -96,6 +96,12 @@ def _check_residual_scale(residual_scale):
   return float(residual_scale)
 
 
+def _check_refresh_warmup_steps(steps) -> int | jax.Array:
+  if isinstance(steps, jax.Array):  # optax.inject_hyperparams hands hyper-parameters over traced
+    return steps
+  return _plan.check_int(steps, "refresh_warmup_steps", 0)
+
+
 def _matched_scale(plan: TuckerPlan) -> float:
   """``sqrt(I / R)``: how much shorter a projected step is than a full-size one.
 
@@ -125,18 +131,8 @@ def _as_tuple(held) -> tuple | None:
     return None
 
 
-def _checked(
-  path: str,
-  plan: TuckerPlan | None,
-  grad,
-  factors,
-  moments,
-  novelty,
-  residual_scale,
-  refresh_warmup_steps,
-):
-  """A leaf's factors, residual moments and novelty from the state, as tuples, checked against
-  ``grad``."""
+def _checked(path: str, plan: TuckerPlan | None, grad, factors, moments, residual_scale):
+  """A leaf's factors and residual moments from the state, as tuples, checked against ``grad``."""
   wanted = () if plan is None else plan.factor_shapes
   held = _as_tuple(factors)
   shapes = None if held is None else tuple(tuple(getattr(u, "shape", ())) for u in held)
@@ -161,6 +157,11 @@ def _checked(
       f"have {wanted}: was the state initialised with another residual_scale? Initialise a "
       "new state with `init`."
     )
+  return held, statistics
+
+
+def _checked_novelty(path: str, plan: TuckerPlan | None, novelty, refresh_warmup_steps):
+  """A leaf's novelty from the state, as a tuple, checked against its plan."""
   columns = _as_tuple(novelty)
   wanted = _warmup.shapes(plan, refresh_warmup_steps)
   shapes = None if columns is None else tuple(tuple(n.shape) for n in columns)
@@ -170,7 +171,7 @@ def _checked(
       "was the state initialised with another refresh_warmup_steps? Initialise a new state "
       "with `init`."
     )
-  return held, statistics, columns
+  return columns
 
 
 def _to_core(plan: TuckerPlan | None, grad, factors, novelty, count, update_proj_gap):
@@ -393,7 +394,7 @@ def tensor_galore(
   """
   rank = _tucker.canonical_rank(rank)
   update_proj_gap = _plan.check_int(update_proj_gap, "update_proj_gap", 1)
-  refresh_warmup_steps = _plan.check_int(refresh_warmup_steps, "refresh_warmup_steps", 0)
+  refresh_warmup_steps = _check_refresh_warmup_steps(refresh_warmup_steps)
   min_size = _plan.check_int(min_size, "min_size", 0)
   scale = _check_scale(scale)
   residual_scale = _check_residual_scale(residual_scale)
@@ -435,18 +436,23 @@ def tensor_galore(
     tree, _ = plan_tree(updates)  # its notes were said at init
     grads = tree.per_leaf(updates, "updates")
     held = [
-      _checked(path, plan, grad, *state_parts, residual_scale, refresh_warmup_steps)
-      for path, plan, grad, *state_parts in zip(
+      _checked(path, plan, grad, factors, moments, residual_scale)
+      for path, plan, grad, factors, moments in zip(
         tree.paths,
         tree.plans,
         grads,
         tree.per_leaf(state.factors, "the state's factors"),
         tree.per_leaf(state.residual_moments, "the state's residual moments"),
-        tree.per_leaf(state.novelty, "the state's novelty"),
       )
     ]
     cores_like = tree.unflatten([_plan.core_struct(p, g) for p, g in zip(tree.plans, grads)])
     _moments.check_shapes(state.base_optimizer_state, cores_like)
+    held = [
+      (*parts, _checked_novelty(path, plan, novelty, refresh_warmup_steps))
+      for path, plan, parts, novelty in zip(
+        tree.paths, tree.plans, held, tree.per_leaf(state.novelty, "the state's novelty")
+      )
+    ]
 
     projected = [
       _to_core(plan, grad, factors, novelty, state.count, update_proj_gap)
@@ -458,7 +464,7 @@ def tensor_galore(
       None,
       **extra_args,
     )
-    progress = _warmup.ramp(state.count, update_proj_gap, max(refresh_warmup_steps, 1))
+    progress = _warmup.ramp(state.count, update_proj_gap, refresh_warmup_steps)
     to_full = functools.partial(
       _to_full,
       scale=scale,
@@ -554,8 +560,10 @@ def tensor_galore_adamw(
     eps: Added to the denominator, outside the square root.
     eps_root: Added to the denominator, inside the square root.
     mu_dtype: dtype of the first moment (``jnp.bfloat16`` or ``"bfloat16"``
-      halves it); ``None`` keeps the cores' dtype. Complex moments keep
-      their imaginary part (see `scale_by_core_adam`).
+      halves it; ``"int8"``, blocks of 64 int8 values with a float32 scale
+      each, rounded stochastically, quarters it); ``None`` keeps the cores'
+      dtype. Complex moments keep their imaginary part (see
+      `scale_by_core_adam`).
     weight_decay: Strength of the decoupled weight decay.
     mask: Which leaves get weight decay, as in ``optax.adamw``.
     scale: ``"matched"`` (full-size Adam's step length, so that the learning

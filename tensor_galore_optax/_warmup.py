@@ -31,19 +31,22 @@ from tensor_galore_optax import _tucker
 from tensor_galore_optax._tucker import TuckerPlan
 
 
-def applies(plan: TuckerPlan | None, steps: int) -> bool:
-  """Whether a leaf's new directions warm up: projected leaves, ``steps > 0``."""
-  return plan is not None and steps > 0
+def applies(plan: TuckerPlan | None, steps: int | jax.Array) -> bool:
+  """Whether a leaf's new directions warm up: projected leaves, ``steps > 0``.
+
+  A traced ``steps`` (``optax.inject_hyperparams``) keeps the state, whatever its value.
+  """
+  return plan is not None and (isinstance(steps, jax.Array) or steps > 0)
 
 
-def shapes(plan: TuckerPlan | None, steps: int) -> tuple[tuple[int, ...], ...]:
+def shapes(plan: TuckerPlan | None, steps: int | jax.Array) -> tuple[tuple[int, ...], ...]:
   """The shapes of a leaf's novelty: one vector per projected mode, batch axes in front."""
   if not applies(plan, steps):
     return ()
   return tuple(shape[:-2] + shape[-1:] for shape in plan.factor_shapes)
 
 
-def init_novelty(plan: TuckerPlan | None, steps: int, dtype) -> tuple[jax.Array, ...]:
+def init_novelty(plan: TuckerPlan | None, steps: int | jax.Array, dtype) -> tuple[jax.Array, ...]:
   """Zero novelty, of `shapes` (real, whatever the factors' dtype)."""
   return tuple(jnp.zeros(shape, jnp.finfo(dtype).dtype) for shape in shapes(plan, steps))
 
@@ -60,13 +63,14 @@ def novelty(new: Sequence[jax.Array], old: Sequence[jax.Array]) -> tuple[jax.Arr
   return tuple(out)
 
 
-def ramp(count: jax.Array, update_proj_gap: int, steps: int) -> jax.Array:
+def ramp(count: jax.Array, update_proj_gap: int, steps: int | jax.Array) -> jax.Array:
   """How far the warm-up has gone at step ``count``: 1 once ``steps`` steps passed a refresh.
 
-  A warm-up longer than the gap ends at the next refresh.
+  A warm-up longer than the gap ends at the next refresh; none (``steps <= 0``) is 1 at once.
   """
   since = (count % update_proj_gap + 1).astype(jnp.float32)
-  return jnp.minimum(1.0, since / min(steps, update_proj_gap))
+  length = jnp.minimum(jnp.asarray(steps, jnp.float32), update_proj_gap)
+  return jnp.where(length > 0, jnp.minimum(1.0, since / jnp.maximum(length, 1.0)), 1.0)
 
 
 def warm_up(plan: TuckerPlan, core_step: jax.Array, novelty, progress: jax.Array) -> jax.Array:

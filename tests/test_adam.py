@@ -6,7 +6,14 @@ import numpy as np
 import optax
 import pytest
 
-from tensor_galore_optax import optimizer_state_bytes, scale_by_core_adam, tensor_galore_adamw
+from tensor_galore_optax import (
+  optimizer_state_bytes,
+  projection_plan,
+  scale_by_core_adam,
+  tensor_galore_adamw,
+)
+from tensor_galore_optax import _adam
+from tensor_galore_optax._adam import INT8_BLOCK, Int8FirstMoment
 from tests._helpers import normal
 
 
@@ -152,13 +159,11 @@ def test_the_smallest_setting_keeps_the_bytes_it_promises():
     got = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(getattr(adam, field)))
     assert got == want, field
   factors = 8 * 24 * 6  # complex64
+  novelty = 4 * 6  # one float32 per factor column
   counters = 4 + 4 + 4  # tensor_galore's, Adam's, and the decayed weights' none; chain's 0
   total = optimizer_state_bytes(tx, params)
-  assert (
-    expected["mu"] + expected["nu"] + factors
-    <= total
-    <= expected["mu"] + expected["nu"] + factors + counters
-  )
+  held = expected["mu"] + expected["nu"] + factors + novelty
+  assert held <= total <= held + counters
   full = optimizer_state_bytes(tensor_galore_adamw(1e-3, rank=0.25), params)
   assert total < 0.45 * full
 
@@ -187,3 +192,105 @@ def test_a_complex_model_trains_under_jit_with_the_smallest_setting():
   assert params["w"].dtype == jnp.complex64
   # Half the rank of a full-rank target: the loss falls well below the start, not to zero.
   assert loss(params) < 0.7 * first
+
+
+# --- An int8 first moment ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64])
+def test_an_int8_first_moment_is_blocks_of_int8_with_a_scale_each(dtype):
+  grads = _gradients(dtype)
+  state = scale_by_core_adam(mu_dtype="int8").init(grads[0])
+  per_entry = 2 if dtype == jnp.complex64 else 1
+  for name, g in grads[0].items():
+    mu = state.mu[name]
+    assert isinstance(mu, Int8FirstMoment), name
+    blocks = -(-g.size * per_entry // INT8_BLOCK)
+    assert mu.values.shape == (blocks, INT8_BLOCK) and mu.values.dtype == jnp.int8, name
+    assert mu.scales.shape == (blocks,) and mu.scales.dtype == jnp.float32, name
+  assert scale_by_core_adam(mu_dtype=jnp.int8).init(grads[0]).mu["t"].values.dtype == jnp.int8
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64])
+def test_an_int8_first_moment_follows_the_float32_one_within_its_grid(dtype):
+  """Each rounding moves an entry by less than one level (1/127 of its block's largest); the
+  stored moment carries each step's, decayed by b1 since: at most sum(0.9 ** k) < 10 levels."""
+  grads = _gradients(dtype, steps=8)
+  step, state = _run(scale_by_core_adam(mu_dtype="int8"), grads)
+  ref_step, ref_state = _run(scale_by_core_adam(), grads)
+  for name, g in grads[0].items():
+    stored = _adam._load_mu(state.mu[name], g)
+    ref = ref_state.mu[name]
+    assert stored.dtype == ref.dtype, name
+    level = float(jnp.max(state.mu[name].scales))  # the largest block's level
+    np.testing.assert_allclose(stored, ref, atol=10 * level, err_msg=name)
+    assert float(jnp.max(jnp.abs(stored - ref))) > 0, name  # it is rounded
+    if dtype == jnp.complex64:
+      assert float(jnp.max(jnp.abs(stored.imag))) > 0.1 * float(jnp.max(jnp.abs(ref))), name
+    error = float(jnp.linalg.norm(step[name] - ref_step[name]))
+    assert error < 0.05 * float(jnp.linalg.norm(ref_step[name])), name
+
+
+def test_an_int8_first_moment_is_rounded_without_bias():
+  """A block with one large entry: rounded to the nearest level, its small entries would stay
+  at zero; rounded stochastically they hold their moment on average."""
+  small = jnp.full((63,), 1e-3, jnp.float32)
+  g = {"w": jnp.concatenate([jnp.array([10.0]), small])}
+  tx = scale_by_core_adam(b1=0.5, mu_dtype="int8")
+  state, update = tx.init(g), jax.jit(tx.update)
+  stored = []
+  for _ in range(400):
+    _, state = update(g, state)
+    stored.append(_adam._load_mu(state.mu["w"], g["w"]))
+  # The moment of a constant gradient is the gradient itself (up to 0.5 ** t): the average
+  # stored value of the small entries, over the steps and entries, is 1e-3, where one level is
+  # 10 / 127 = 0.079.
+  mean = float(jnp.mean(jnp.stack(stored[20:])[:, 1:]))
+  assert abs(mean - 1e-3) < 2e-4, mean
+  assert float(jnp.mean(jnp.stack(stored[20:])[:, 0])) == pytest.approx(10.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("mu_dtype", ["int16", jnp.uint8, "int4"])
+def test_other_integer_first_moments_are_refused_naming_mu_dtype(mu_dtype):
+  with pytest.raises(TypeError, match="mu_dtype"):
+    scale_by_core_adam(mu_dtype=mu_dtype)
+
+
+def test_the_int8_setting_keeps_the_bytes_it_promises_and_trains_a_complex_model_under_jit():
+  params = {
+    "spectral": jnp.zeros((24, 24, 8, 5), jnp.complex64),
+    "pointwise": jnp.zeros((24, 24), jnp.float32),
+    "bias": jnp.zeros((24,), jnp.float32),
+  }
+  options = dict(rank=0.2, second_moment="factored", multiply_by_parameter_scale=True)
+  int8 = tensor_galore_adamw(1e-3, mu_dtype="int8", **options)
+  bf16 = tensor_galore_adamw(1e-3, mu_dtype="bfloat16", **options)
+  # The first moments: 1 + 4 / 64 bytes per real entry (complex: two) against bfloat16's 2.
+  core = 5 * 24 * 8 * 5  # ceil(24 * 0.2) input channels
+  entries = 2 * core + 24 * 24 + 24
+  blocks = -(-2 * core // 64) + -(-24 * 24 // 64) + -(-24 // 64)
+  int8_mu, bf16_mu = 64 * blocks + 4 * blocks, 2 * entries
+  saved = optimizer_state_bytes(bf16, params) - optimizer_state_bytes(int8, params)
+  assert saved == bf16_mu - int8_mu
+  plan = projection_plan(params, rank=0.2, second_moment="factored", mu_dtype="int8")
+  assert plan.state_bytes == optimizer_state_bytes(int8, params)
+
+  target = normal(jax.random.key(3), (24, 24, 8, 5))
+
+  def loss(p):
+    return jnp.mean(jnp.abs(p["spectral"] - target) ** 2)
+
+  tx = tensor_galore_adamw(3e-2, rank=0.5, min_size=1, second_moment="factored", mu_dtype="int8")
+
+  @jax.jit
+  def step(p, s):
+    g = jax.tree.map(jnp.conj, jax.grad(loss)(p))
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  w = {"spectral": jnp.zeros((24, 24, 8, 5), jnp.complex64)}
+  state, first = tx.init(w), loss(w)
+  for _ in range(100):
+    w, state = step(w, state)
+  assert w["spectral"].dtype == jnp.complex64
+  assert loss(w) < 0.7 * first  # half the rank of a full-rank target, as with bfloat16

@@ -30,7 +30,9 @@ def test_tensor_galore_adamw_state_bytes_match_the_shapes():
   counters = 2 * 4  # tensor_galore's count and Adam's count, int32
   # The residual's running mean squares: one vector per side of the projected matrix only.
   residual = (256 + 128) * real_bytes
-  expected = factors + moments + counters + residual
+  # The novelty of each factor column (the warm-up after a refresh), real.
+  novelty = (16 + 32) * real_bytes
+  expected = factors + moments + counters + residual + novelty
 
   measured = optimizer_state_bytes(tensor_galore_adamw(1e-3, rank=0.25), params)
   assert measured == expected

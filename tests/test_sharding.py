@@ -72,6 +72,18 @@ def test_compact_settings_shard_the_paired_first_moment_and_replicate_the_factor
   assert state.mu["w"].shape == (8, 6, 8, 5, 2)
 
 
+def test_an_int8_first_moment_is_replicated():
+  """Its blocks run across the core's dimensions, so no dimension of the parameter maps onto
+  them: the values and scales are replicated (a quarter of a float32 moment's bytes each)."""
+  params = {"w": _struct((16, 16, 8, 5), jnp.complex64)}
+  tx = tensor_galore_adamw(1e-3, rank=0.5, min_size=1, mu_dtype="int8")
+  shardings = optimizer_state_shardings(tx, params, {"w": _named("model", "data")})
+  mu = _mu(shardings)["w"]
+  assert mu.values.spec == P() and mu.scales.spec == P()
+  state = jax.eval_shape(tx.init, params)[0].base_optimizer_state
+  assert state.mu["w"].values.shape == (8 * 16 * 8 * 5 * 2 // 64, 64)
+
+
 def test_factors_counts_and_unprojected_leaves():
   params = {"w": _struct((16, 16, 8, 5), jnp.complex64), "b": _struct((16,))}
   param_shardings = {"w": _named("model"), "b": _named("model")}
@@ -80,6 +92,9 @@ def test_factors_counts_and_unprojected_leaves():
   galore = shardings[0]
   assert len(galore.factors["w"]) == 1 and galore.factors["b"] == ()  # the input channels
   assert all(s.spec == P() for s in galore.factors["w"])
+  # The novelty of each factor column (the warm-up after a refresh): replicated as the factors.
+  assert len(galore.novelty["w"]) == 1 and galore.novelty["b"] == ()
+  assert all(s.spec == P() for s in galore.novelty["w"])
   assert galore.count.spec == P() and galore.base_optimizer_state.count.spec == P()
   # The bias is not projected: its moments are the bias's shape and sharding.
   assert _mu(shardings)["b"] == param_shardings["b"]
@@ -377,7 +392,7 @@ def _fsdp_run(devices, dtype, ref):
   galore = state_shardings[0]
   specs = {k: s.spec for k, s in galore.base_optimizer_state.mu.items()}
   assert specs == {"spectral": P("fsdp"), "dense": P("fsdp"), "mix": P(), "bias": P()}, specs
-  assert all(f.spec == P() for f in jax.tree.leaves(galore.factors))
+  assert all(f.spec == P() for f in jax.tree.leaves((galore.factors, galore.novelty)))
 
   params = jax.device_put(params, param_shardings)
   state = jax.jit(tx.init, out_shardings=state_shardings)(params)
