@@ -7,12 +7,12 @@ import optax
 import pytest
 
 from tensor_galore_optax import (
+  _adam,
   optimizer_state_bytes,
   projection_plan,
   scale_by_core_adam,
   tensor_galore_adamw,
 )
-from tensor_galore_optax import _adam
 from tensor_galore_optax._adam import INT8_BLOCK, Int8FirstMoment
 from tests._helpers import normal
 

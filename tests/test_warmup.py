@@ -14,12 +14,12 @@ import optax
 import pytest
 
 from tensor_galore_optax import (
+  _warmup,
   optimizer_state_bytes,
   projection_plan,
   tensor_galore,
   tensor_galore_adamw,
 )
-from tensor_galore_optax import _warmup
 from tests._helpers import normal, orthonormal, raises_naming
 
 LR = 1e-2
