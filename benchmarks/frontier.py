@@ -648,6 +648,13 @@ def summarise(task_name: str) -> list[dict]:
   return points
 
 
+def _older(point: dict) -> str:
+  """`` (1.0-1.1)`` for a library point of an earlier generation, else nothing."""
+  if point["generation"] == LIBRARY_GENERATION or not uses_library(point["call"]):
+    return ""
+  return f" ({GENERATION_VERSIONS[point['generation']]})"
+
+
 def _fmt(x: float, spec: str = ".3f") -> str:
   return "diverged" if not math.isfinite(x) else format(x, spec)
 
@@ -664,7 +671,11 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
     "mean +- standard deviation over the seeds (n). State: the whole optimizer state (moments,",
     "factors, statistics), over AdamW's on the same parameters. Step time: median compiled step,",
     "over AdamW's (a shared 2-core CPU: +-20 % is noise). `lr` in a call is the schedule: one",
-    "epoch of warm-up, then a cosine decay to 1 % of the best rate.",
+    "epoch of warm-up, then a cosine decay to 1 % of the best rate. A call that uses this",
+    "library was run as the library is now (tensor_galore_optax "
+    f"{GENERATION_VERSIONS[LIBRARY_GENERATION]}) unless marked with",
+    "the versions it was run with: `(1.0-1.1)` is before the warm-up of a refresh's new",
+    "directions (`refresh_warmup_steps`).",
   ]
   for task_name, points in points_by_task.items():
     task = frontier_tasks.TASKS[task_name]
@@ -683,7 +694,7 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
       edge = " (edge)" if p["edge"] else ""
       spread = f" +- {_fmt(p['std'], '.4f')}" if len(p["errors"]) > 1 else ""
       lines.append(
-        f"| {p['optimizer']} | `{p['call']}` | {p['lr']:g}{edge} | "
+        f"| {p['optimizer']}{_older(p)} | `{p['call']}` | {p['lr']:g}{edge} | "
         f"{_fmt(p['mean'], '.4f')}{spread} ({len(p['errors'])}) | "
         f"{_fmt(p['error_ratio'])} | {p['state']:.3f} | {_fmt(p['time_ratio'], '.2f')} | {sweep} |"
       )
@@ -716,16 +727,19 @@ def summary(points_by_task: dict[str, list[dict]]) -> str:
     for _, name in SUMMARY_COLUMNS:
       p = by_name.get(name)
       cells.append(
-        "-" if p is None else f"{_fmt(p['error_ratio'])} / {p['state']:.3f} ({len(p['errors'])})"
+        "-"
+        if p is None
+        else f"{_fmt(p['error_ratio'])} / {p['state']:.3f} ({len(p['errors'])}){_older(p)}"
       )
     lines.append(f"| {task_name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def _kind(point: dict) -> str:
-  """ "library" (`tensor_galore_adamw`'s settings), "peer" (optax alone) or "research"."""
+  """ "library" (`tensor_galore_adamw`'s settings), "earlier" (those settings run with an
+  earlier generation of the library), "peer" (optax alone) or "research"."""
   if point["library"]:
-    return "library"
+    return "library" if point["generation"] == LIBRARY_GENERATION else "earlier"
   return "research" if "tensor_galore" in point["call"] or "levers." in point["call"] else "peer"
 
 
@@ -770,6 +784,8 @@ def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
       kind = _kind(p)
       if kind == "library":
         style = dict(marker="o", color="C0", markersize=5)
+      elif kind == "earlier":
+        style = dict(marker="o", color="C0", markersize=5, markerfacecolor="none")
       elif kind == "research":
         style = dict(marker="x", color="0.6", markersize=4)
       else:
@@ -779,7 +795,7 @@ def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
         p["state"], p["error_ratio"], yerr=p["std_ratio"], linestyle="none", capsize=2, **style
       )
       if kind != "research":
-        label = p["optimizer"].removeprefix("tg_") if kind == "library" else ""
+        label = p["optimizer"].removeprefix("tg_") if kind in ("library", "earlier") else ""
         ax.annotate(
           label,
           (p["state"], p["error_ratio"]),
@@ -802,7 +818,7 @@ def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
             fontsize=6,
             xytext=(3, -9),
             textcoords="offset points",
-            color="C0" if _kind(p) == "library" else "0.3",
+            color="C0" if _kind(p) in ("library", "earlier") else "0.3",
           )
     ax.set_xscale("log")
     ax.set(xlabel="optimizer state / AdamW's", ylabel="test error / AdamW's", title=task_name)
@@ -810,6 +826,15 @@ def plot(points_by_task: dict[str, list[dict]], out: pathlib.Path) -> None:
     ax.axis("off")
   handles = [
     plt.Line2D([], [], marker="o", color="C0", label="tensor_galore_adamw (settings: labels)"),
+    plt.Line2D(
+      [],
+      [],
+      marker="o",
+      color="C0",
+      markerfacecolor="none",
+      ls="none",
+      label=f"the same, tensor_galore_optax {GENERATION_VERSIONS[1]}",
+    ),
     plt.Line2D([], [], marker="x", color="0.6", ls="none", label="research compositions"),
   ] + [
     plt.Line2D(

@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from benchmarks import frontier, frontier_tasks
@@ -54,6 +55,36 @@ def test_one_run_writes_a_valid_cached_row(tmp_path, monkeypatch):
   mtime = path.stat().st_mtime_ns
   assert frontier.run("tiny", "tg", 3e-3, 0) == row
   assert path.stat().st_mtime_ns == mtime
+
+
+def test_library_runs_are_keyed_by_the_librarys_generation_and_older_ones_are_shown_as_such(
+  tmp_path, monkeypatch
+):
+  """A release that changes what a call trains bumps `LIBRARY_GENERATION`: the library's calls
+  then train anew, optax's keep their runs, and a sweep finished only with the earlier
+  generation is still summarised, marked with its versions."""
+  task = _tiny_task()
+  monkeypatch.setitem(frontier_tasks.TASKS, "tiny", task)
+  monkeypatch.setattr(frontier, "RESULTS", tmp_path)
+  call = "tensor_galore_adamw(lr, rank=0.25, min_size=64)"
+  monkeypatch.setitem(frontier.OPTIMIZERS, "tg", frontier.Optimizer(call, library=True))
+  current = frontier.LIBRARY_GENERATION
+  assert frontier.run_key(task, call, 1e-3, 0)["library_generation"] == current
+  assert "library_generation" not in frontier.run_key(task, "optax.adamw(lr)", 1e-3, 0)
+  assert "library_generation" not in frontier.run_key(task, call, 1e-3, 0, generation=1)
+  # Seed 0's sweep and seeds 1 and 2, as the earlier generation wrote them.
+  for lr, error in zip(task.lrs, (0.3, 0.2, 0.4)):
+    for seed in (0, 1, 2) if lr == 3e-3 else (0,):
+      path = frontier.run_path(frontier.run_key(task, call, lr, seed, generation=1))
+      path.parent.mkdir(parents=True, exist_ok=True)
+      row = dict(test_error=error + seed / 100, state_bytes=1, adamw_state_bytes=4, step_time_s=1)
+      path.write_text(json.dumps(row))
+  assert frontier.best_lr("tiny", "tg") is None  # nothing of the current generation
+  (point,) = [p for p in frontier.summarise("tiny") if p["optimizer"] == "tg"]
+  assert point["generation"] == 1 and point["lr"] == 3e-3
+  assert point["errors"] == pytest.approx([0.2, 0.21, 0.22])
+  table = frontier.markdown({"tiny": [dict(point, error_ratio=1.0, time_ratio=1.0)]})
+  assert f"| tg ({frontier.GENERATION_VERSIONS[1]}) |" in table
 
 
 def test_every_optimizer_builds_and_counts_its_state():
