@@ -23,6 +23,9 @@ by ``tensor_galore_defaults``); every other leaf keeps full-size Adam moments.
   the ``(in, out * mx * my)`` matrix projected.
 * ``tensor_galore_compact``: the defaults with a factored second moment and a
   bfloat16 first moment (the frontier's ``compact`` setting).
+* ``tensor_galore_int8_relative``: the defaults with a factored second moment, an
+  int8 first moment and steps relative to each weight's size (the frontier's
+  ``smallest_relative`` setting at ``--rank 0.2``).
 * ``tensor_galore_defaults`` (the harness's default): `tensor_galore_adamw`
   with no spec: the library's defaults on every leaf large enough, whatever the model (the only
   projected variant for ``--preset cnn`` and ``mlp``, which have no spectral
@@ -128,6 +131,14 @@ OPTIMIZERS: dict[str, Variant] = {
   "tensor_galore_defaults": Variant(DEFAULTS),
   "tensor_galore_compact": Variant(
     DEFAULTS, options={"second_moment": "factored", "mu_dtype": "bfloat16"}
+  ),
+  "tensor_galore_int8_relative": Variant(
+    DEFAULTS,
+    options={
+      "second_moment": "factored",
+      "mu_dtype": "int8",
+      "multiply_by_parameter_scale": True,
+    },
   ),
 }
 

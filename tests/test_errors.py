@@ -63,7 +63,7 @@ ADAMW = {
     ["second_moment must be one of", "'factored'", "'adafactor'"],
   ),
   "mu_dtype not a dtype": ((1e-3,), {"mu_dtype": "bf16"}, TypeError, ["mu_dtype", "'bf16'"]),
-  "mu_dtype an integer": ((1e-3,), {"mu_dtype": jnp.int8}, TypeError, ["mu_dtype", "floating"]),
+  "mu_dtype an integer": ((1e-3,), {"mu_dtype": jnp.int16}, TypeError, ["mu_dtype", "int8"]),
   "parameter scale not a bool": (
     (1e-3,),
     {"multiply_by_parameter_scale": 1},
@@ -89,7 +89,7 @@ CORE_ADAM = {
     ["second_moment must be one of", "'factored'"],
   ),
   "mu_dtype not a dtype": ({"mu_dtype": "bf16"}, TypeError, ["mu_dtype", "'bf16'"]),
-  "mu_dtype an integer": ({"mu_dtype": jnp.int8}, TypeError, ["mu_dtype", "floating"]),
+  "mu_dtype an integer": ({"mu_dtype": jnp.int16}, TypeError, ["mu_dtype", "int8"]),
 }
 
 
