@@ -228,8 +228,8 @@ OPTIMIZERS: dict[str, Optimizer] = {
       "optax.scale_by_learning_rate(lr))"
     }
   ),
-  # `smallest` with the step per direction of Adam's length (not the matched sqrt(I / R)
-  # times it), and with a longer refresh gap.
+  # `rank=0.1` factored bf16 with the step per direction of Adam's length (not the matched
+  # sqrt(I / R) times it), and with a longer refresh gap.
   "tg_0.1_factored_bf16_scale1": Optimizer(
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", scale=1.0)'
   ),
@@ -267,7 +267,6 @@ OPTIMIZERS: dict[str, Optimizer] = {
 SETTINGS = {
   "default": {"rank": 0.25},
   "compact": {"rank": 0.25, "second_moment": "factored", "mu_dtype": "bfloat16"},
-  "smallest": {"rank": 0.1, "second_moment": "factored", "mu_dtype": "bfloat16"},
   # Steps relative to each weight's size: the learning rate must be tuned anew for these.
   "compact_relative": {
     "rank": 0.25,
@@ -276,9 +275,9 @@ SETTINGS = {
     "multiply_by_parameter_scale": True,
   },
   "smallest_relative": {
-    "rank": 0.1,
+    "rank": 0.2,
     "second_moment": "factored",
-    "mu_dtype": "bfloat16",
+    "mu_dtype": "int8",
     "multiply_by_parameter_scale": True,
   },
 }
@@ -707,9 +706,8 @@ def markdown(points_by_task: dict[str, list[dict]]) -> str:
 SUMMARY_COLUMNS = (
   ("default", "tg_0.25"),
   ("compact", "tg_0.25_factored_bf16"),
-  ("compact, relative step", "tg_0.25_factored_bf16_relative"),
-  ("smallest", "tg_0.1_factored_bf16"),
-  ("smallest, relative step", "tg_0.1_factored_bf16_relative"),
+  ("compact_relative", "tg_0.25_factored_bf16_relative"),
+  ("smallest_relative", "tg_0.2_factored_int8_relative"),
   ("Adafactor", "adafactor"),
   ("Adafactor, bf16 momentum", "adafactor_momentum_bf16"),
 )

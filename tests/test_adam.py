@@ -136,7 +136,7 @@ def test_arrays_with_an_axis_below_min_dim_size_to_factor_keep_the_full_second_m
   np.testing.assert_array_equal(factored["w"], _run(scale_by_core_adam(), grads)[0]["w"])
 
 
-def test_the_smallest_setting_keeps_the_bytes_it_promises():
+def test_the_compact_setting_keeps_the_bytes_it_promises():
   # An FNO-like model: complex spectral weights, a pointwise matrix, a bias.
   params = {
     "spectral": jnp.zeros((24, 24, 8, 5), jnp.complex64),
@@ -168,7 +168,7 @@ def test_the_smallest_setting_keeps_the_bytes_it_promises():
   assert total < 0.45 * full
 
 
-def test_a_complex_model_trains_under_jit_with_the_smallest_setting():
+def test_a_complex_model_trains_under_jit_with_the_compact_setting():
   w = normal(jax.random.key(2), (16, 16, 8, 5))
   target = normal(jax.random.key(3), (16, 16, 8, 5))
   params = {"w": jnp.zeros_like(w)}
