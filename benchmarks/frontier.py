@@ -249,6 +249,9 @@ OPTIMIZERS: dict[str, Optimizer] = {
     'tensor_galore_adamw(lr, rank=0.1, second_moment="factored", mu_dtype="bfloat16", '
     "update_proj_gap=500)"
   ),
+  # The warm-up of a refresh's new directions (1.2): off, as in 1.1 (the control), and shorter.
+  "tg_0.25_no_warmup": Optimizer("tensor_galore_adamw(lr, rank=0.25, refresh_warmup_steps=0)"),
+  "tg_0.25_warmup_20": Optimizer("tensor_galore_adamw(lr, rank=0.25, refresh_warmup_steps=20)"),
   # Lever iv: Adafactor with its momentum in a Tucker core (DESIGN.md).
   **{
     f"adafactor_core_{r}": Optimizer(
