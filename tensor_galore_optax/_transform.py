@@ -577,8 +577,8 @@ def tensor_galore_adamw(
     second_moment: ``"full"`` (Adam's) or ``"factored"``: Adafactor's row and
       column means for every core and small leaf with two axes of at least 8
       entries (see `scale_by_core_adam`), the second moment's memory almost
-      nothing. With ``mu_dtype="bfloat16"``, the smallest state for the
-      accuracy (``docs/benchmarks.md``, the frontier).
+      nothing. With ``mu_dtype="bfloat16"`` or ``"int8"``, the smallest state
+      for the accuracy (``docs/benchmarks.md``, the frontier).
     multiply_by_parameter_scale: Multiplies each leaf's step by the leaf's root
       mean square (at least 1e-3), as ``optax.adafactor`` does by default
       (``optax.scale_by_param_block_rms``, before the decay): the learning
