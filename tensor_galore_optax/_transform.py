@@ -148,30 +148,23 @@ def _checked(path: str, plan: TuckerPlan | None, grad, factors, moments, residua
       f"for real params ({held[0].dtype} factors); its imaginary part would be dropped. "
       "Initialise the optimizer with the complex params."
     )
-  statistics = _as_tuple(moments)
-  wanted = _residual.shapes(plan, residual_scale)
-  shapes = None if statistics is None else tuple(tuple(m.shape) for m in statistics)
-  if shapes != wanted:
-    raise ValueError(
-      f"{path}: the state's residual moments have shapes {shapes}, this transformation's "
-      f"have {wanted}: was the state initialised with another residual_scale? Initialise a "
-      "new state with `init`."
-    )
+  statistics = _checked_vectors(
+    path, moments, _residual.shapes(plan, residual_scale), "residual moments", "residual_scale"
+  )
   return held, statistics
 
 
-def _checked_novelty(path: str, plan: TuckerPlan | None, novelty, refresh_warmup_steps):
-  """A leaf's novelty from the state, as a tuple, checked against its plan."""
-  columns = _as_tuple(novelty)
-  wanted = _warmup.shapes(plan, refresh_warmup_steps)
-  shapes = None if columns is None else tuple(tuple(n.shape) for n in columns)
+def _checked_vectors(path: str, held, wanted, what: str, argument: str) -> tuple:
+  """A leaf's per-mode vectors from the state (``what``), as a tuple of the ``wanted`` shapes,
+  or an error naming the leaf and the ``argument`` that decides them."""
+  vectors = _as_tuple(held)
+  shapes = None if vectors is None else tuple(tuple(v.shape) for v in vectors)
   if shapes != wanted:
     raise ValueError(
-      f"{path}: the state's novelty has shapes {shapes}, this transformation's has {wanted}: "
-      "was the state initialised with another refresh_warmup_steps? Initialise a new state "
-      "with `init`."
+      f"{path}: the state's {what} have shapes {shapes}, this transformation's have {wanted}: "
+      f"was the state initialised with another {argument}? Initialise a new state with `init`."
     )
-  return columns
+  return vectors
 
 
 def _to_core(plan: TuckerPlan | None, grad, factors, novelty, count, update_proj_gap):
@@ -448,7 +441,16 @@ def tensor_galore(
     cores_like = tree.unflatten([_plan.core_struct(p, g) for p, g in zip(tree.plans, grads)])
     _moments.check_shapes(state.base_optimizer_state, cores_like)
     held = [
-      (*parts, _checked_novelty(path, plan, novelty, refresh_warmup_steps))
+      (
+        *parts,
+        _checked_vectors(
+          path,
+          novelty,
+          _warmup.shapes(plan, refresh_warmup_steps),
+          "novelty vectors",
+          "refresh_warmup_steps",
+        ),
+      )
       for path, plan, parts, novelty in zip(
         tree.paths, tree.plans, held, tree.per_leaf(state.novelty, "the state's novelty")
       )
