@@ -150,26 +150,21 @@ OPTIMIZERS: dict[str, Optimizer] = {
     )
     for r in (0.05, 0.1, 0.25, 0.5)
   },
-  # Levers i and ii with steps relative to each weight's root mean square (Adafactor's).
+  # Levers i and ii with steps relative to each weight's root mean square (Adafactor's); with
+  # "int8", the first moment in int8 blocks with a float32 scale each, rounded stochastically
+  # (a quarter of float32's bytes for the momentum).
   **{
-    f"tg_{r}_factored_bf16_relative": Optimizer(
-      f'tensor_galore_adamw(lr, rank={r}, second_moment="factored", mu_dtype="bfloat16", '
+    f"tg_{r}_factored_{mu}_relative": Optimizer(
+      f'tensor_galore_adamw(lr, rank={r}, second_moment="factored", mu_dtype="{dtype}", '
       "multiply_by_parameter_scale=True)",
       "adafactor",
       library=True,
     )
-    for r in (0.1, 0.2, 0.25, 0.5)
-  },
-  # The first moment in int8 blocks with a float32 scale each, rounded stochastically: the
-  # relative-step settings at a quarter of float32's bytes for the momentum.
-  **{
-    f"tg_{r}_factored_int8_relative": Optimizer(
-      f'tensor_galore_adamw(lr, rank={r}, second_moment="factored", mu_dtype="int8", '
-      "multiply_by_parameter_scale=True)",
-      "adafactor",
-      library=True,
+    for mu, dtype, ranks in (
+      ("bf16", "bfloat16", (0.1, 0.2, 0.25, 0.5)),
+      ("int8", "int8", (0.1, 0.2, 0.25)),
     )
-    for r in (0.1, 0.2, 0.25)
+    for r in ranks
   },
   # Below 0.05x on the FNO: the same state spent differently. A refresh every 50 steps (not
   # 200) keeps a small subspace closer to the gradient; two channel modes at ~0.32 each (not
