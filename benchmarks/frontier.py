@@ -489,18 +489,10 @@ def run(task_name: str, name: str, lr: float, seed: int, *, dry_run: bool = Fals
   return row
 
 
-def lr_grid(task_name: str, name: str, generation: int = LIBRARY_GENERATION) -> list[float]:
-  """The rates ``name`` gets first on ``task_name``: three, or one from another task's sweeps
-  (none while those are unfinished)."""
-  task = frontier_tasks.TASKS[task_name]
-  if task.rates_from is not None:
-    best = best_lr(task.rates_from, name, generation)
-    adamw = best_lr(task.rates_from, "adamw")
-    if best is None or adamw is None:
-      return []  # not yet known
-    return [float(f"{task.lrs[0] * best / adamw:.3g}")]
+def lr_grid(task_name: str, name: str) -> list[float]:
+  """The rates ``name`` gets first on ``task_name``: the task's grid times its family's factor."""
   scale = FAMILY_LR_SCALE[OPTIMIZERS[name].family]
-  return [float(f"{scale * lr:.3g}") for lr in task.lrs]
+  return [float(f"{scale * lr:.3g}") for lr in frontier_tasks.TASKS[task_name].lrs]
 
 
 # A best rate at an end of the grid may not be the best rate: the sweep goes one grid step
@@ -521,17 +513,13 @@ def sweep(
   swept range, or ``MAX_EXTENSIONS`` rates were added. A missing run is the next rate.
   ``generation``: the library's, for calls that use it (`LIBRARY_GENERATION`).
   """
-  grid = lr_grid(task_name, name, generation)
-  if not grid:
-    return {}, None
+  grid = lr_grid(task_name, name)
   errors: dict[float, float] = {}
   for lr in grid:
     row = load_row(task_name, name, lr, 0, generation)
     if row is None:
       return errors, lr
     errors[lr] = _error(row)
-  if len(grid) == 1:  # one rate by the task's design: nothing to extend
-    return errors, None
   step = grid[1] / grid[0]
   for _ in range(MAX_EXTENSIONS):
     best = min(errors, key=lambda g: (errors[g], g))
@@ -565,12 +553,6 @@ def load_row(
 def train_optimizer(task_name: str, name: str, stage: str, seeds, dry_run: bool) -> None:
   """Seed 0 at every rate, then (``stage`` ``all`` or ``seeds``) the other seeds at the best."""
   task = frontier_tasks.TASKS[task_name]
-  if not lr_grid(task_name, name):
-    print(
-      f"[{task_name}] {name}: its rate comes from {task.rates_from}'s sweeps; train "
-      f"`--task {task.rates_from} --optimizers adamw,{name}` first"
-    )
-    return
   if stage in ("lr", "all"):
     while (lr := sweep(task_name, name)[1]) is not None:
       if run(task_name, name, lr, 0, dry_run=dry_run) is None:
